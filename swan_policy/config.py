@@ -1,0 +1,176 @@
+"""Typed experiment configs (pydantic, unknown keys refused) and YAML loading.
+
+Every field has a type, a default and a one-line description; validation errors name
+the field, the value and the rule. ``load_config(path, overrides)`` applies dotted
+``--set a.b=value`` overrides (values parsed as YAML) before validation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file, field or override is invalid (message names the field)."""
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class GateConfig(StrictModel):
+    """SWAN gate hyper-parameters (DESIGN.md §3)."""
+
+    enabled: bool = Field(True, description="Attach gates (False builds the dense baseline).")
+    tau: float = Field(1.0, gt=0, description="Temperature of the sigmoid surrogate (backward).")
+    sparsity: Literal["l1", "target"] = Field(
+        "l1", description="Regulariser: expected active fraction, or excess over target_rate."
+    )
+    target_rate: float = Field(0.5, gt=0, le=1, description="Active fraction for 'target'.")
+    sparsity_weight: float = Field(0.0, ge=0, description="Weight of the sparsity term.")
+    init_bias: float = Field(1.0, description="Initial gate-logit bias (>0: start active).")
+    linear_rank: int = Field(4, ge=1, le=16, description="Rank of the linear layers' gates.")
+
+
+class EncoderConfig(StrictModel):
+    """Gated CNN encoder."""
+
+    channels: list[int] = Field([32, 32, 32, 32], description="Channels per conv layer.")
+    strides: list[int] = Field([2, 1, 1, 1], description="Stride per conv layer.")
+    kernel_size: int = Field(3, ge=1, le=7, description="Conv kernel size.")
+
+    @model_validator(mode="after")
+    def _check(self) -> EncoderConfig:
+        if not self.channels:
+            raise ValueError("channels must list at least one layer")
+        if len(self.strides) != len(self.channels):
+            raise ValueError(
+                f"strides has {len(self.strides)} entries but channels has {len(self.channels)}"
+            )
+        if min(self.channels) < 1 or min(self.strides) < 1:
+            raise ValueError("channels and strides must be >= 1")
+        return self
+
+
+class HeadConfig(StrictModel):
+    """Gated MLP action head and proprio MLP."""
+
+    hidden: list[int] = Field([256, 256], description="Width of each gated hidden layer.")
+    proprio_hidden: int = Field(64, ge=1, description="Width of the proprio MLP.")
+
+    @model_validator(mode="after")
+    def _check(self) -> HeadConfig:
+        if not self.hidden or min(self.hidden) < 1:
+            raise ValueError("hidden must list at least one layer, each >= 1 wide")
+        return self
+
+
+class PolicyConfig(StrictModel):
+    """Everything needed to rebuild a SwanPolicy (saved as config.json beside weights)."""
+
+    image_hw: tuple[int, int] = Field((64, 64), description="Image height and width.")
+    image_channels: int = Field(3, ge=1, description="Image channels (3 x stacked frames).")
+    proprio_dim: int = Field(..., ge=1, description="Length of the proprio vector.")
+    action_dim: int = Field(..., ge=1, description="Length of the action vector.")
+    gate: GateConfig = Field(default_factory=GateConfig)
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    head: HeadConfig = Field(default_factory=HeadConfig)
+    ref_units: dict[str, int] | None = Field(
+        None, description="Per gated layer, the unit count budgets refer to (compaction)."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> PolicyConfig:
+        if min(self.image_hw) < 8:
+            raise ValueError(f"image_hw must be at least 8x8, got {self.image_hw}")
+        return self
+
+
+class EnvConfig(StrictModel):
+    """The gymnasium environment a config trains and evaluates on."""
+
+    id: str | None = Field(None, description="Gymnasium id, e.g. swan_envs/Reach-v0.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="gym.make keyword args.")
+
+
+class ExperimentConfig(StrictModel):
+    """Top level of a YAML file in configs/."""
+
+    name: str = Field("swan", min_length=1, description="Run name (runs/<name>).")
+    seed: int = Field(0, ge=0, description="Global random seed.")
+    env: EnvConfig = Field(default_factory=EnvConfig)
+    policy: PolicyConfig
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value (e.g. policy.gate.tau=0.5)")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override {item!r}: empty key segment")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {key}: cannot parse value {raw!r}: {e}") from None
+        node = data
+        for p in parts[:-1]:
+            child = node.setdefault(p, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {key}: {p!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """One line: ``field.path: message (got value)``, plus how many more errors."""
+    errors = err.errors()
+    first = errors[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "<root>"
+    msg = f"{loc}: {first['msg']}"
+    if first["type"] != "missing" and "input" in first and not isinstance(first["input"], dict):
+        msg += f" (got {first['input']!r})"
+    if len(errors) > 1:
+        msg += f" (and {len(errors) - 1} more)"
+    return msg
+
+
+def validate_config(data: Any, model: type[StrictModel] = ExperimentConfig) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e)) from None
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Read a YAML config, apply overrides, validate.
+
+    Raises:
+        ConfigError: unreadable file, bad YAML, unknown key, wrong type or value.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror or e}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    cfg: ExperimentConfig = validate_config(apply_overrides(data, overrides))
+    return cfg
+
+
+def dump_config(cfg: StrictModel) -> str:
+    """YAML text of a resolved config (what runs/<name>/config.yaml holds)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,179 @@
+"""The SWAN gate: hard, deterministic, input-dependent 0/1 gates per unit.
+
+Our reading of SWAN (arXiv 2603.06601; mechanism fixed in DESIGN.md §3). For a layer
+with ``N`` units, a cheap gate network maps the layer input to logits ``s`` and
+
+* forward (training and inference alike): ``g = 1[s > 0]`` -- no sampling, ever;
+* backward: straight-through estimator with the surrogate ``sigma(s / tau)``, i.e.
+  ``dg/ds := sigma'(s / tau) / tau``;
+* budget ``b in (0, 1]``: at most ``k = ceil(b * N)`` units stay active -- the ``k``
+  highest logits among those with ``s > 0``;
+* sparsity pressure: the expected active fraction ``mean sigma(s / tau)`` (``l1``) or
+  the squared excess over a target rate (``target``). It is returned for an explicit
+  loss term (behaviour cloning) and can also be *injected* into the backward pass
+  (``inject_weight``), so it acts inside an unmodified SB3 ``train()`` (issue 5).
+
+The gate also keeps per-unit activation statistics, which feed compaction, the
+budget ladder and the schedulers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+SparsityMode = Literal["l1", "target"]
+
+
+def units_for_budget(budget: float, num_units: int) -> int:
+    """``k = ceil(b * N)``: how many units a budget allows (at least one).
+
+    A tiny epsilon guards against float products like ``0.3 * 10 = 3.0000000000000004``
+    rounding up to 4.
+
+    Raises:
+        ValueError: if ``budget`` is not in ``(0, 1]``.
+    """
+    if not (0.0 < budget <= 1.0) or math.isnan(budget):
+        raise ValueError(f"budget must be in (0, 1], got {budget!r}")
+    return max(1, min(num_units, math.ceil(budget * num_units - 1e-9)))
+
+
+def budget_mask(logits: Tensor, budget: float, num_ref_units: int | None = None) -> Tensor:
+    """Hard 0/1 gates ``1[s > 0]`` capped to the top ``k`` logits per sample.
+
+    Args:
+        logits: gate logits ``[B, N]``.
+        budget: fraction of units allowed, in ``(0, 1]``; ``1.0`` is the free gate.
+        num_ref_units: the ``N`` that the budget refers to. A compacted layer keeps the
+            unit count of the layer it came from, so ``k`` does not change when units
+            that were never active are removed.
+
+    Returns:
+        A float tensor of the logits' shape holding exactly 0.0 and 1.0.
+    """
+    n = logits.shape[-1]
+    positive = logits > 0
+    k = units_for_budget(budget, num_ref_units if num_ref_units is not None else n)
+    if k >= n:
+        return positive.to(logits.dtype)
+    # top-k by logit; units with s <= 0 stay off even when fewer than k are positive.
+    top = torch.topk(logits, k, dim=-1, sorted=False).indices
+    keep = torch.zeros_like(positive).scatter_(-1, top, True)
+    return (keep & positive).to(logits.dtype)
+
+
+class _HardGateSTE(torch.autograd.Function):
+    """Forward: the given hard mask. Backward: sigmoid surrogate (+ injected sparsity)."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: Tensor, mask: Tensor, tau: float, inject: float) -> Tensor:
+        ctx.save_for_backward(logits)
+        ctx.tau = tau
+        ctx.inject = inject
+        return mask
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, None, None, None]:
+        (logits,) = ctx.saved_tensors
+        sig = torch.sigmoid(logits / ctx.tau)
+        dsurrogate = sig * (1.0 - sig) / ctx.tau
+        grad = grad_out * dsurrogate
+        if ctx.inject:
+            # d/ds of inject * mean(sigma(s / tau)): the regulariser's gradient, added here
+            # so that it acts even when the caller's loss does not include it (SB3 RL).
+            grad = grad + ctx.inject * dsurrogate / logits.numel()
+        return grad, None, None, None
+
+
+class SwanGate(nn.Module):
+    """Turns gate logits into hard gates and keeps the gate's bookkeeping.
+
+    The logits come from the owning layer's gate network (see ``layers.py``); this
+    module is shared by every gated layer so the gate semantics live in one place.
+
+    Args:
+        num_units: ``N``, the number of gated units.
+        tau: temperature of the sigmoid surrogate used in the backward pass.
+        sparsity: ``"l1"`` penalises ``mean sigma(s/tau)``; ``"target"`` penalises
+            ``relu(mean sigma(s/tau) - target_rate)^2``.
+        target_rate: the active fraction aimed at in ``"target"`` mode.
+        num_ref_units: ``N`` the budget refers to (set by compaction; default ``N``).
+    """
+
+    def __init__(
+        self,
+        num_units: int,
+        tau: float = 1.0,
+        sparsity: SparsityMode = "l1",
+        target_rate: float = 0.5,
+        num_ref_units: int | None = None,
+    ) -> None:
+        super().__init__()
+        if num_units < 1:
+            raise ValueError(f"num_units must be >= 1, got {num_units}")
+        if tau <= 0:
+            raise ValueError(f"tau must be > 0, got {tau}")
+        self.num_units = num_units
+        self.tau = float(tau)
+        self.sparsity = sparsity
+        self.target_rate = float(target_rate)
+        self.num_ref_units = int(num_ref_units or num_units)
+        # weight of the regulariser injected into the backward pass (0 = off).
+        self.inject_weight = 0.0
+        self.track_stats = True
+        # Statistics are observations, not parameters: non-persistent buffers (they move
+        # with .to(device) but stay out of checkpoints). float64 so long runs keep counts.
+        self.active_count: Tensor
+        self.sample_count: Tensor
+        self.register_buffer(
+            "active_count", torch.zeros(num_units, dtype=torch.float64), persistent=False
+        )
+        self.register_buffer("sample_count", torch.zeros((), dtype=torch.float64), persistent=False)
+        self.last_logits: Tensor | None = None
+        self.last_gates: Tensor | None = None
+        self._reg: Tensor | None = None
+
+    def forward(self, logits: Tensor, budget: float = 1.0) -> Tensor:
+        """Hard gates ``[B, N]`` (exactly 0/1) with a straight-through gradient."""
+        mask = budget_mask(logits.detach(), budget, self.num_ref_units)
+        if torch.is_grad_enabled() and logits.requires_grad:
+            gates = _HardGateSTE.apply(logits, mask, self.tau, self.inject_weight)
+            self._reg = self._regulariser(logits)
+        else:
+            gates = mask
+            self._reg = None
+        self.last_logits = logits.detach()
+        self.last_gates = mask
+        if self.track_stats:
+            with torch.no_grad():
+                self.active_count += mask.sum(0).to(torch.float64)
+                self.sample_count += mask.shape[0]
+        return gates
+
+    def _regulariser(self, logits: Tensor) -> Tensor:
+        expected = torch.sigmoid(logits / self.tau).mean()
+        if self.sparsity == "l1":
+            return expected
+        return torch.relu(expected - self.target_rate) ** 2
+
+    def regulariser(self) -> Tensor | None:
+        """The sparsity term of the last differentiable forward (None under no_grad)."""
+        return self._reg
+
+    def activation_frequency(self) -> Tensor:
+        """Per-unit fraction of samples in which the unit was active (float64 ``[N]``)."""
+        return self.active_count / self.sample_count.clamp(min=1.0)
+
+    def reset_stats(self) -> None:
+        self.active_count.zero_()
+        self.sample_count.zero_()
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_units={self.num_units}, tau={self.tau}, sparsity={self.sparsity!r}, "
+            f"num_ref_units={self.num_ref_units}"
+        )

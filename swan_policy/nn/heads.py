@@ -1,0 +1,94 @@
+"""Gated MLP action head and the (small, ungated) proprioception MLP."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from swan_policy.nn import flops
+from swan_policy.nn.layers import Active, GatedLinear, GateOptions, sparse_linear
+
+
+class ProprioMLP(nn.Module):
+    """``[B, P]`` -> ``[B, D]``: one linear + ReLU (tiny; not worth a gate)."""
+
+    def __init__(self, proprio_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(proprio_dim, hidden)
+        self.out_dim = hidden
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.linear(x))
+
+    def macs(self, batch: int) -> Tensor:
+        return torch.full((batch,), float(flops.linear_macs(self.linear.in_features, self.out_dim)))
+
+
+class GatedMLPHead(nn.Module):
+    """Gated hidden layers, then an ungated linear output (pre-squash actions).
+
+    Args:
+        in_dim: input features.
+        hidden: width of each gated hidden layer.
+        out_dim: action dimension.
+        gated: gates on the hidden layers (``False`` builds the dense baseline).
+        rank: rank of the hidden layers' low-rank gate networks.
+        options: gate hyper-parameters.
+        ref_units: per-layer unit count the budget refers to (set by compaction).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden: list[int],
+        out_dim: int,
+        *,
+        gated: bool = True,
+        rank: int = 4,
+        options: GateOptions | None = None,
+        ref_units: list[int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_dim = in_dim
+        layers = []
+        d = in_dim
+        for i, h in enumerate(hidden):
+            layers.append(
+                GatedLinear(
+                    d,
+                    h,
+                    rank=rank,
+                    gated=gated,
+                    options=options,
+                    num_ref_units=ref_units[i] if ref_units else None,
+                )
+            )
+            d = h
+        self.layers = nn.ModuleList(layers)
+        self.out = nn.Linear(d, out_dim)
+
+    def forward(self, x: Tensor, budget: float = 1.0) -> tuple[Tensor, list[Tensor | None]]:
+        gates: list[Tensor | None] = []
+        for layer in self.layers:
+            x, g = layer(x, budget)
+            gates.append(g)
+        return self.out(x), gates
+
+    def forward_sparse(self, a: Active, budget: float = 1.0) -> tuple[Tensor, list[Tensor | None]]:
+        gates: list[Tensor | None] = []
+        for layer in self.layers:
+            a, g = layer.forward_sparse(a, budget)
+            gates.append(g)
+        return sparse_linear(self.out, a), gates
+
+    def executed_macs(
+        self, n_in: Tensor, gates: list[Tensor | None], batch: int
+    ) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        for i, (layer, g) in enumerate(zip(self.layers, gates, strict=True)):
+            n_out = g.sum(1) if g is not None else torch.full((batch,), float(layer.num_units))
+            out[f"head.layers.{i}"] = layer.macs(n_in, n_out)
+            n_in = n_out
+        out["head.out"] = flops.linear_macs(n_in, self.out.out_features)
+        return out

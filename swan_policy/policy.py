@@ -1,0 +1,364 @@
+"""SwanPolicy: the one policy contract (DESIGN.md §7).
+
+Every consumer -- imitation, the SB3 adapter, evaluation, compaction, export -- goes
+through this class::
+
+    forward(obs_batch, budget=1.0, mode=None) -> actions     # torch, batched
+    loss(batch, budget) -> (loss, info)                     # BC / DAgger
+    act(obs, budget=1.0) -> np.ndarray                      # one step, numpy in/out
+    gate_stats() / reset_gate_stats()
+    save_pretrained(dir) / from_pretrained(dir)             # safetensors + config.json
+
+Observations are dicts ``{"pixels": [B, H, W, C] uint8, "proprio": [B, P] float32}``.
+Proprio normalisation and action unscaling live in buffers, so a saved policy is
+self-contained. Actions come out of a tanh and are unscaled to ``[low, high]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from swan_policy import __version__
+from swan_policy.config import ConfigError, PolicyConfig, validate_config
+from swan_policy.nn import flops
+from swan_policy.nn.encoders import GatedConvEncoder
+from swan_policy.nn.gates import SwanGate
+from swan_policy.nn.heads import GatedMLPHead, ProprioMLP
+from swan_policy.nn.layers import Active, GateOptions
+from swan_policy.serialization import (
+    CheckpointError,
+    check_state_dict,
+    load_json,
+    load_tensors,
+    save_json,
+    save_tensors,
+)
+from swan_policy.spec import PIXELS, PROPRIO, ArraySpec, ObservationError, ObsSpec
+
+Mode = Literal["masked", "sparse"]
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+class SwanPolicy(nn.Module):
+    """Gated vision-action policy: gated CNN encoder + proprio MLP + gated MLP head.
+
+    Args:
+        config: the architecture (see :class:`PolicyConfig`).
+    """
+
+    proprio_mean: Tensor
+    proprio_std: Tensor
+    action_low: Tensor
+    action_high: Tensor
+
+    def __init__(self, config: PolicyConfig) -> None:
+        super().__init__()
+        self.config = config
+        g = config.gate
+        opts = GateOptions(g.tau, g.sparsity, g.target_rate, g.init_bias)
+        ref = config.ref_units or {}
+        n_enc, n_head = len(config.encoder.channels), len(config.head.hidden)
+        self.encoder = GatedConvEncoder(
+            config.image_channels,
+            config.image_hw,
+            config.encoder.channels,
+            config.encoder.strides,
+            config.encoder.kernel_size,
+            gated=g.enabled,
+            options=opts,
+            ref_units=[ref[f"encoder.layers.{i}"] for i in range(n_enc)] if ref else None,
+        )
+        self.proprio = ProprioMLP(config.proprio_dim, config.head.proprio_hidden)
+        self.head = GatedMLPHead(
+            self.encoder.out_dim + self.proprio.out_dim,
+            config.head.hidden,
+            config.action_dim,
+            gated=g.enabled,
+            rank=g.linear_rank,
+            options=opts,
+            ref_units=[ref[f"head.layers.{i}"] for i in range(n_head)] if ref else None,
+        )
+        self.register_buffer("proprio_mean", torch.zeros(config.proprio_dim))
+        self.register_buffer("proprio_std", torch.ones(config.proprio_dim))
+        self.register_buffer("action_low", -torch.ones(config.action_dim))
+        self.register_buffer("action_high", torch.ones(config.action_dim))
+        self.mode: Mode = "masked"
+        self.track_stats = True
+        self._last_gates: dict[str, Tensor | None] = {}
+        self._last_batch = 0
+        self._macs_sum: dict[str, float] = {}
+        self._macs_samples = 0
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def obs_spec(self) -> ObsSpec:
+        c = self.config
+        return ObsSpec(
+            {
+                PIXELS: ArraySpec((*c.image_hw, c.image_channels), "uint8"),
+                PROPRIO: ArraySpec((c.proprio_dim,), "float32"),
+            }
+        )
+
+    def gated_layers(self) -> dict[str, nn.Module]:
+        """Gated layers by name (``encoder.layers.i``, ``head.layers.j``), in order."""
+        out: dict[str, nn.Module] = {}
+        for i, layer in enumerate(self.encoder.layers):
+            out[f"encoder.layers.{i}"] = layer
+        for j, layer in enumerate(self.head.layers):
+            out[f"head.layers.{j}"] = layer
+        return out
+
+    def gates(self) -> dict[str, SwanGate]:
+        return {k: m.gate for k, m in self.gated_layers().items() if m.gate is not None}
+
+    def set_normalization(
+        self,
+        proprio_mean: np.ndarray | Tensor,
+        proprio_std: np.ndarray | Tensor,
+        action_low: np.ndarray | Tensor,
+        action_high: np.ndarray | Tensor,
+    ) -> None:
+        """Store proprio statistics and action bounds (saved with the weights)."""
+        with torch.no_grad():
+            self.proprio_mean.copy_(torch.as_tensor(proprio_mean, dtype=torch.float32))
+            self.proprio_std.copy_(torch.as_tensor(proprio_std, dtype=torch.float32).clamp(min=1e-6))
+            low = torch.as_tensor(action_low, dtype=torch.float32)
+            high = torch.as_tensor(action_high, dtype=torch.float32)
+            if not (torch.isfinite(low).all() and torch.isfinite(high).all() and (high > low).all()):
+                raise ValueError(f"action bounds must be finite with high > low, got {low}, {high}")
+            self.action_low.copy_(low)
+            self.action_high.copy_(high)
+
+    # ------------------------------------------------------------------ forward
+    def forward_normalized(
+        self, obs: Mapping[str, Tensor], budget: float = 1.0, mode: Mode | None = None
+    ) -> Tensor:
+        """Actions in ``[-1, 1]`` (before unscaling): what the BC loss compares."""
+        self._check_batch(obs)
+        mode = mode or self.mode
+        pixels, proprio = obs[PIXELS], obs[PROPRIO].to(torch.float32)
+        p = self.proprio((proprio - self.proprio_mean) / self.proprio_std)
+        if mode == "masked":
+            feats, enc_gates = self.encoder(pixels, budget)
+            pre, head_gates = self.head(torch.cat([feats, p], dim=1), budget)
+        elif mode == "sparse":
+            a, enc_gates = self.encoder.forward_sparse(pixels, budget)
+            offset = self.encoder.out_dim
+            idx = None
+            if a.idx is not None:
+                idx = torch.cat([a.idx, offset + torch.arange(p.shape[1])])
+            pre, head_gates = self.head.forward_sparse(Active(torch.cat([a.x, p], 1), idx), budget)
+        else:
+            raise ValueError(f"mode must be 'masked' or 'sparse', got {mode!r}")
+        names = list(self.gated_layers())
+        self._last_gates = dict(zip(names, [*enc_gates, *head_gates], strict=True))
+        self._last_batch = pixels.shape[0]
+        if self.track_stats:
+            with torch.no_grad():
+                for k, v in self.executed_macs().items():
+                    self._macs_sum[k] = self._macs_sum.get(k, 0.0) + float(v.sum())
+                self._macs_samples += pixels.shape[0]
+        return torch.tanh(pre)
+
+    def forward(
+        self, obs: Mapping[str, Tensor], budget: float = 1.0, mode: Mode | None = None
+    ) -> Tensor:
+        """Batched actions ``[B, A]`` in the env's units.
+
+        Args:
+            obs: ``{"pixels": [B,H,W,C] uint8, "proprio": [B,P] float}``.
+            budget: fraction of units each gated layer may use, in ``(0, 1]``.
+            mode: ``"masked"`` (compute all, multiply by gates) or ``"sparse"``
+                (compute only active units); default ``self.mode``.
+        """
+        a = self.forward_normalized(obs, budget, mode)
+        return self.action_low + (a + 1.0) * 0.5 * (self.action_high - self.action_low)
+
+    def normalize_actions(self, actions: Tensor) -> Tensor:
+        """Env-unit actions -> ``[-1, 1]`` (clipped), the inverse of the unscaling."""
+        a = 2.0 * (actions - self.action_low) / (self.action_high - self.action_low) - 1.0
+        return a.clamp(-1.0, 1.0)
+
+    def _check_batch(self, obs: Mapping[str, Tensor]) -> None:
+        spec = self.obs_spec.entries
+        if set(obs) != set(spec):
+            raise ObservationError(
+                f"observation keys: expected {sorted(spec)}, got {sorted(obs)}"
+            )
+        for key, s in spec.items():
+            t = obs[key]
+            if tuple(t.shape[1:]) != s.shape:
+                raise ObservationError(
+                    f"observation[{key!r}]: expected shape (B, {', '.join(map(str, s.shape))}), "
+                    f"got {tuple(t.shape)}"
+                )
+        if obs[PIXELS].dtype != torch.uint8:
+            raise ObservationError(
+                f"observation['pixels']: expected dtype uint8, got {obs[PIXELS].dtype}"
+            )
+
+    # ------------------------------------------------------------------ training
+    def loss(self, batch: Mapping[str, Any], budget: float = 1.0) -> tuple[Tensor, dict[str, float]]:
+        """Behaviour-cloning loss: MSE in normalised action space + sparsity term.
+
+        Args:
+            batch: ``{"obs": {...}, "actions": [B, A]}`` (actions in env units).
+            budget: the budget of this forward pass.
+
+        Returns:
+            ``(loss, info)`` with info keys ``bc_loss``, ``sparsity``, ``active_fraction``.
+        """
+        pred = self.forward_normalized(batch["obs"], budget, mode="masked")
+        target = self.normalize_actions(batch["actions"].to(torch.float32))
+        bc = F.mse_loss(pred, target)
+        reg = self.sparsity_loss()
+        loss = bc + self.config.gate.sparsity_weight * reg
+        info = {
+            "loss": float(loss.detach()),
+            "bc_loss": float(bc.detach()),
+            "sparsity": float(reg.detach()),
+            "active_fraction": self.last_active_fraction(),
+        }
+        return loss, info
+
+    def sparsity_loss(self) -> Tensor:
+        """Mean of the gates' regularisers from the last differentiable forward."""
+        regs = [r for g in self.gates().values() if (r := g.regulariser()) is not None]
+        if not regs:
+            return torch.zeros(())
+        return torch.stack(regs).mean()
+
+    def last_active_fraction(self) -> float:
+        """Unit-weighted active fraction over all gated layers in the last forward."""
+        active = total = 0.0
+        for g in self._last_gates.values():
+            if g is not None:
+                active += float(g.sum())
+                total += g.numel()
+        return active / total if total else 1.0
+
+    # ------------------------------------------------------------------ acting
+    @torch.inference_mode()
+    def act(self, obs: Mapping[str, Any], budget: float = 1.0) -> np.ndarray:
+        """One control step: validated numpy observation in, float32 action ``[A]`` out.
+
+        Raises:
+            ObservationError: a key is missing/extra, or has the wrong shape, dtype or
+                non-finite values (the message names the key).
+        """
+        arrays = self.obs_spec.validate(obs)
+        device = self.action_low.device
+        batch = {k: torch.from_numpy(v).unsqueeze(0).to(device) for k, v in arrays.items()}
+        action = self.forward(batch, budget)[0].cpu().numpy()
+        if not np.isfinite(action).all():
+            raise FloatingPointError("policy produced a non-finite action (weights contain NaN?)")
+        return action
+
+    # ------------------------------------------------------------------ statistics
+    def executed_macs(self) -> dict[str, Tensor]:
+        """Per-layer MACs per sample of the last forward (gate networks included)."""
+        if not self._last_gates:
+            raise RuntimeError("executed_macs() needs a forward pass first")
+        enc, batch = self.encoder, self._last_batch
+        gates = [self._last_gates[n] for n in self.gated_layers()]
+        n_enc = len(enc.layers)
+        out = enc.executed_macs(gates[:n_enc], batch)
+        last = gates[n_enc - 1]
+        n_feat = 2 * last.sum(1) if last is not None else torch.full((batch,), float(enc.out_dim))
+        out["proprio"] = self.proprio.macs(batch)
+        out.update(self.head.executed_macs(n_feat + self.proprio.out_dim, gates[n_enc:], batch))
+        return out
+
+    def dense_macs(self) -> int:
+        """MACs per sample of the same architecture without gates (all units on)."""
+        total, n_in = 0, self.config.image_channels
+        for layer in self.encoder.layers:
+            k = layer.conv.kernel_size
+            total += flops.conv2d_macs(n_in, layer.num_units, (k[0], k[1]), layer.out_hw)
+            n_in = layer.num_units
+        total += flops.spatial_softmax_macs(n_in, self.encoder.pool.hw)
+        total += flops.linear_macs(self.config.proprio_dim, self.proprio.out_dim)
+        d = self.head.in_dim
+        for hidden in self.head.layers:
+            total += flops.linear_macs(d, hidden.num_units)
+            d = hidden.num_units
+        return total + flops.linear_macs(d, self.config.action_dim)
+
+    def gate_stats(self) -> dict[str, Any]:
+        """Activation statistics accumulated since the last reset.
+
+        Returns:
+            ``{"layers": {name: {"units", "active_fraction", "frequency"}},
+            "macs_per_step": {name: mean MACs}, "samples": n}``.
+        """
+        layers = {}
+        for name, gate in self.gates().items():
+            freq = gate.activation_frequency()
+            layers[name] = {
+                "units": gate.num_units,
+                "active_fraction": float(freq.mean()),
+                "frequency": freq.tolist(),
+            }
+        n = max(self._macs_samples, 1)
+        return {
+            "layers": layers,
+            "macs_per_step": {k: v / n for k, v in self._macs_sum.items()},
+            "samples": self._macs_samples,
+        }
+
+    def reset_gate_stats(self) -> None:
+        for gate in self.gates().values():
+            gate.reset_stats()
+        self._macs_sum.clear()
+        self._macs_samples = 0
+
+    # ------------------------------------------------------------------ files
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``model.safetensors`` + ``config.json`` (atomic, no pickle)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_tensors(
+            directory / WEIGHTS_NAME,
+            self.state_dict(),
+            metadata={"format": "pt", "swan_policy_version": __version__},
+        )
+        save_json(
+            directory / CONFIG_NAME,
+            {"swan_policy_version": __version__, "policy": self.config.model_dump(mode="json")},
+        )
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> SwanPolicy:
+        """Load a policy saved by :meth:`save_pretrained`.
+
+        Raises:
+            CheckpointError: the directory, config or weights are missing, malformed
+                (including a pickle under a safetensors name), or do not fit.
+        """
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise CheckpointError(
+                f"{directory}: expected a policy directory with {WEIGHTS_NAME} and {CONFIG_NAME}"
+            )
+        meta = load_json(directory / CONFIG_NAME)
+        if not isinstance(meta, dict) or "policy" not in meta:
+            raise CheckpointError(f"{directory / CONFIG_NAME}: missing the 'policy' section")
+        try:
+            config = validate_config(meta["policy"], PolicyConfig)
+        except ConfigError as e:
+            raise CheckpointError(f"{directory / CONFIG_NAME}: {e}") from None
+        state = load_tensors(directory / WEIGHTS_NAME)
+        policy = cls(config)
+        check_state_dict(policy.state_dict(), state, directory / WEIGHTS_NAME)
+        policy.load_state_dict(state, strict=True)
+        return policy.to(device)
