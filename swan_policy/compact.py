@@ -51,40 +51,48 @@ def compact_policy(policy: SwanPolicy, keep: Mapping[str, Tensor]) -> SwanPolicy
     ref = {
         n: (m.gate.num_ref_units if m.gate is not None else m.num_units) for n, m in layers.items()
     }
-    n_enc = len(policy.encoder.layers)
+    n_enc = len(policy.encoder.convs)
     new_cfg = cfg.model_copy(
         update={
             "encoder": cfg.encoder.model_copy(
-                update={"channels": [int(kept[f"encoder.layers.{i}"].numel()) for i in range(n_enc)]}
+                update={
+                    "channels": [int(kept[f"encoder.layers.{i}"].numel()) for i in range(n_enc)]
+                }
             ),
             "head": cfg.head.model_copy(
                 update={
                     "hidden": [
-                        int(kept[f"head.layers.{j}"].numel()) for j in range(len(policy.head.layers))
+                        int(kept[f"head.layers.{j}"].numel())
+                        for j in range(len(policy.head.hidden))
                     ]
                 }
             ),
             "ref_units": ref,
         }
     )
-    new = SwanPolicy(new_cfg)
+    # Assemble the compacted weights, layer by layer; a unit's inputs are the kept
+    # units of the layer before it.
+    state = dict(policy.state_dict())
     keep_in: Tensor | None = None
-    for i, layer in enumerate(policy.encoder.layers):
+    for i, conv in enumerate(policy.encoder.convs):
         k = kept[f"encoder.layers.{i}"]
-        new.encoder.layers[i].load_state_dict(layer.compacted(k, keep_in).state_dict())
+        _put(state, f"encoder.layers.{i}.", conv.compacted(k, keep_in).state_dict())
         keep_in = k
     assert keep_in is not None
-    offset = policy.encoder.out_dim
-    keep_in = torch.cat([keypoint_index(keep_in), offset + torch.arange(policy.proprio.out_dim)])
-    for j, layer in enumerate(policy.head.layers):
+    proprio_cols = policy.encoder.out_dim + torch.arange(policy.proprio.out_dim)
+    keep_in = torch.cat([keypoint_index(keep_in), proprio_cols])
+    for j, hidden in enumerate(policy.head.hidden):
         k = kept[f"head.layers.{j}"]
-        new.head.layers[j].load_state_dict(layer.compacted(k, keep_in).state_dict())
+        _put(state, f"head.layers.{j}.", hidden.compacted(k, keep_in).state_dict())
         keep_in = k
-    new.head.out.load_state_dict(compact_linear(policy.head.out, keep_in).state_dict())
-    new.proprio.load_state_dict(policy.proprio.state_dict())
-    for buf in ("proprio_mean", "proprio_std", "action_low", "action_high"):
-        getattr(new, buf).copy_(getattr(policy, buf))
-    for name, gate in new.gates().items():
-        src = policy.gates()[name]
-        gate.inject_weight = src.inject_weight
+    _put(state, "head.out.", compact_linear(policy.head.out, keep_in).state_dict())
+    new = SwanPolicy(new_cfg)
+    new.load_state_dict(state, strict=True)
+    for name, gate in new.gates().items():  # runtime setting, not in the state dict
+        gate.inject_weight = policy.gates()[name].inject_weight
     return new.train(policy.training)
+
+
+def _put(state: dict[str, Tensor], prefix: str, sub: Mapping[str, Tensor]) -> None:
+    for k, v in sub.items():
+        state[prefix + k] = v

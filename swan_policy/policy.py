@@ -31,7 +31,7 @@ from swan_policy.nn import flops
 from swan_policy.nn.encoders import GatedConvEncoder
 from swan_policy.nn.gates import SwanGate
 from swan_policy.nn.heads import GatedMLPHead, ProprioMLP
-from swan_policy.nn.layers import Active, GateOptions
+from swan_policy.nn.layers import Active, GatedConv2d, GatedLinear, GateOptions
 from swan_policy.serialization import (
     CheckpointError,
     check_state_dict,
@@ -92,8 +92,7 @@ class SwanPolicy(nn.Module):
         self.register_buffer("action_high", torch.ones(config.action_dim))
         self.mode: Mode = "masked"
         self.track_stats = True
-        self._last_gates: dict[str, Tensor | None] = {}
-        self._last_batch = 0
+        self._last_batch = 0  # batch size of the last forward (0: none yet)
         self._macs_sum: dict[str, float] = {}
         self._macs_samples = 0
 
@@ -108,14 +107,21 @@ class SwanPolicy(nn.Module):
             }
         )
 
-    def gated_layers(self) -> dict[str, nn.Module]:
+    def gated_layers(self) -> dict[str, GatedConv2d | GatedLinear]:
         """Gated layers by name (``encoder.layers.i``, ``head.layers.j``), in order."""
-        out: dict[str, nn.Module] = {}
-        for i, layer in enumerate(self.encoder.layers):
-            out[f"encoder.layers.{i}"] = layer
-        for j, layer in enumerate(self.head.layers):
-            out[f"head.layers.{j}"] = layer
+        out: dict[str, GatedConv2d | GatedLinear] = {}
+        for i, conv in enumerate(self.encoder.convs):
+            out[f"encoder.layers.{i}"] = conv
+        for j, hidden in enumerate(self.head.hidden):
+            out[f"head.layers.{j}"] = hidden
         return out
+
+    def last_gates(self) -> dict[str, Tensor | None]:
+        """Hard gates ``[B, N]`` of each gated layer in the last forward (None: ungated)."""
+        return {
+            k: (m.gate.last_gates if m.gate is not None else None)
+            for k, m in self.gated_layers().items()
+        }
 
     def gates(self) -> dict[str, SwanGate]:
         return {k: m.gate for k, m in self.gated_layers().items() if m.gate is not None}
@@ -130,10 +136,14 @@ class SwanPolicy(nn.Module):
         """Store proprio statistics and action bounds (saved with the weights)."""
         with torch.no_grad():
             self.proprio_mean.copy_(torch.as_tensor(proprio_mean, dtype=torch.float32))
-            self.proprio_std.copy_(torch.as_tensor(proprio_std, dtype=torch.float32).clamp(min=1e-6))
+            self.proprio_std.copy_(
+                torch.as_tensor(proprio_std, dtype=torch.float32).clamp(min=1e-6)
+            )
             low = torch.as_tensor(action_low, dtype=torch.float32)
             high = torch.as_tensor(action_high, dtype=torch.float32)
-            if not (torch.isfinite(low).all() and torch.isfinite(high).all() and (high > low).all()):
+            if not (
+                torch.isfinite(low).all() and torch.isfinite(high).all() and (high > low).all()
+            ):
                 raise ValueError(f"action bounds must be finite with high > low, got {low}, {high}")
             self.action_low.copy_(low)
             self.action_high.copy_(high)
@@ -148,19 +158,16 @@ class SwanPolicy(nn.Module):
         pixels, proprio = obs[PIXELS], obs[PROPRIO].to(torch.float32)
         p = self.proprio((proprio - self.proprio_mean) / self.proprio_std)
         if mode == "masked":
-            feats, enc_gates = self.encoder(pixels, budget)
-            pre, head_gates = self.head(torch.cat([feats, p], dim=1), budget)
+            feats, _ = self.encoder(pixels, budget)
+            pre, _ = self.head(torch.cat([feats, p], dim=1), budget)
         elif mode == "sparse":
-            a, enc_gates = self.encoder.forward_sparse(pixels, budget)
-            offset = self.encoder.out_dim
+            a = self.encoder.forward_sparse(pixels, budget)
             idx = None
             if a.idx is not None:
-                idx = torch.cat([a.idx, offset + torch.arange(p.shape[1])])
-            pre, head_gates = self.head.forward_sparse(Active(torch.cat([a.x, p], 1), idx), budget)
+                idx = torch.cat([a.idx, self.encoder.out_dim + torch.arange(p.shape[1])])
+            pre = self.head.forward_sparse(Active(torch.cat([a.x, p], 1), idx), budget)
         else:
             raise ValueError(f"mode must be 'masked' or 'sparse', got {mode!r}")
-        names = list(self.gated_layers())
-        self._last_gates = dict(zip(names, [*enc_gates, *head_gates], strict=True))
         self._last_batch = pixels.shape[0]
         if self.track_stats:
             with torch.no_grad():
@@ -191,9 +198,7 @@ class SwanPolicy(nn.Module):
     def _check_batch(self, obs: Mapping[str, Tensor]) -> None:
         spec = self.obs_spec.entries
         if set(obs) != set(spec):
-            raise ObservationError(
-                f"observation keys: expected {sorted(spec)}, got {sorted(obs)}"
-            )
+            raise ObservationError(f"observation keys: expected {sorted(spec)}, got {sorted(obs)}")
         for key, s in spec.items():
             t = obs[key]
             if tuple(t.shape[1:]) != s.shape:
@@ -207,7 +212,9 @@ class SwanPolicy(nn.Module):
             )
 
     # ------------------------------------------------------------------ training
-    def loss(self, batch: Mapping[str, Any], budget: float = 1.0) -> tuple[Tensor, dict[str, float]]:
+    def loss(
+        self, batch: Mapping[str, Any], budget: float = 1.0
+    ) -> tuple[Tensor, dict[str, float]]:
         """Behaviour-cloning loss: MSE in normalised action space + sparsity term.
 
         Args:
@@ -240,7 +247,7 @@ class SwanPolicy(nn.Module):
     def last_active_fraction(self) -> float:
         """Unit-weighted active fraction over all gated layers in the last forward."""
         active = total = 0.0
-        for g in self._last_gates.values():
+        for g in self.last_gates().values():
             if g is not None:
                 active += float(g.sum())
                 total += g.numel()
@@ -266,11 +273,11 @@ class SwanPolicy(nn.Module):
     # ------------------------------------------------------------------ statistics
     def executed_macs(self) -> dict[str, Tensor]:
         """Per-layer MACs per sample of the last forward (gate networks included)."""
-        if not self._last_gates:
+        if not self._last_batch:
             raise RuntimeError("executed_macs() needs a forward pass first")
         enc, batch = self.encoder, self._last_batch
-        gates = [self._last_gates[n] for n in self.gated_layers()]
-        n_enc = len(enc.layers)
+        gates = list(self.last_gates().values())
+        n_enc = len(enc.convs)
         out = enc.executed_macs(gates[:n_enc], batch)
         last = gates[n_enc - 1]
         n_feat = 2 * last.sum(1) if last is not None else torch.full((batch,), float(enc.out_dim))
@@ -281,14 +288,14 @@ class SwanPolicy(nn.Module):
     def dense_macs(self) -> int:
         """MACs per sample of the same architecture without gates (all units on)."""
         total, n_in = 0, self.config.image_channels
-        for layer in self.encoder.layers:
+        for layer in self.encoder.convs:
             k = layer.conv.kernel_size
             total += flops.conv2d_macs(n_in, layer.num_units, (k[0], k[1]), layer.out_hw)
             n_in = layer.num_units
         total += flops.spatial_softmax_macs(n_in, self.encoder.pool.hw)
         total += flops.linear_macs(self.config.proprio_dim, self.proprio.out_dim)
         d = self.head.in_dim
-        for hidden in self.head.layers:
+        for hidden in self.head.hidden:
             total += flops.linear_macs(d, hidden.num_units)
             d = hidden.num_units
         return total + flops.linear_macs(d, self.config.action_dim)
@@ -338,7 +345,9 @@ class SwanPolicy(nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> SwanPolicy:
+    def from_pretrained(
+        cls, directory: str | Path, device: str | torch.device = "cpu"
+    ) -> SwanPolicy:
         """Load a policy saved by :meth:`save_pretrained`.
 
         Raises:

@@ -15,7 +15,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
@@ -25,7 +24,7 @@ class CheckpointError(ValueError):
     """A checkpoint or policy directory is missing, malformed, or does not fit."""
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Write via ``write(tmp)`` to a temp file in the same directory, fsync, rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -40,7 +39,9 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def save_tensors(path: Path, tensors: Mapping[str, Tensor], metadata: dict[str, str] | None = None) -> None:
+def save_tensors(
+    path: Path, tensors: Mapping[str, Tensor], metadata: dict[str, str] | None = None
+) -> None:
     """Atomically save tensors as safetensors (contiguous CPU copies)."""
     data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     atomic_write(path, lambda tmp: save_file(data, str(tmp), metadata=metadata))
@@ -73,7 +74,9 @@ def load_json(path: Path) -> Any:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
 
 
-def check_state_dict(expected: Mapping[str, Tensor], got: Mapping[str, Tensor], source: Path) -> None:
+def check_state_dict(
+    expected: Mapping[str, Tensor], got: Mapping[str, Tensor], source: Path
+) -> None:
     """Strict key and shape check; the error lists every missing/extra/misshapen key."""
     missing = sorted(set(expected) - set(got))
     extra = sorted(set(got) - set(expected))
@@ -98,5 +101,3 @@ def check_state_dict(expected: Mapping[str, Tensor], got: Mapping[str, Tensor], 
         if dtypes:
             parts.append(f"wrong dtypes: {', '.join(dtypes)}")
         raise CheckpointError(f"{source}: weights do not fit the config; " + "; ".join(parts))
-
-

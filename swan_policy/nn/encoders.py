@@ -18,7 +18,8 @@ from swan_policy.nn.layers import Active, GatedConv2d, GateOptions
 
 def preprocess_pixels(pixels: Tensor) -> Tensor:
     """``[B, H, W, C]`` uint8 -> ``[B, C, H, W]`` float in ``[-0.5, 0.5]``."""
-    return pixels.permute(0, 3, 1, 2).to(torch.float32).div(255.0).sub(0.5)
+    # contiguous NCHW: a channels-last view would send small convs down slow paths
+    return pixels.permute(0, 3, 1, 2).to(torch.float32).div(255.0).sub(0.5).contiguous()
 
 
 class SpatialSoftmax(nn.Module):
@@ -71,7 +72,7 @@ class GatedConvEncoder(nn.Module):
     ) -> None:
         super().__init__()
         self.in_channels = in_channels
-        layers = []
+        layers: list[GatedConv2d] = []
         hw, c_in = image_hw, in_channels
         for i, (c_out, stride) in enumerate(zip(channels, strides, strict=True)):
             layer = GatedConv2d(
@@ -87,6 +88,7 @@ class GatedConvEncoder(nn.Module):
             layers.append(layer)
             hw, c_in = layer.out_hw, c_out
         self.layers = nn.ModuleList(layers)
+        self.convs: list[GatedConv2d] = layers  # typed view of the same modules
         self.pool = SpatialSoftmax(hw)
         self.out_dim = 2 * c_in
 
@@ -94,7 +96,7 @@ class GatedConvEncoder(nn.Module):
         """Masked mode. Returns features ``[B, 2C]`` and each layer's gates."""
         x = preprocess_pixels(pixels)
         gates: list[Tensor | None] = []
-        for layer in self.layers:
+        for layer in self.convs:
             x, g = layer(x, budget)
             gates.append(g)
         feats = self.pool(x)
@@ -102,21 +104,19 @@ class GatedConvEncoder(nn.Module):
             feats = feats * gates[-1].repeat_interleave(2, dim=1)
         return feats, gates
 
-    def forward_sparse(self, pixels: Tensor, budget: float = 1.0) -> tuple[Active, list[Tensor | None]]:
-        """Sparse mode. Returns the present keypoint features and each layer's gates."""
+    def forward_sparse(self, pixels: Tensor, budget: float = 1.0) -> Active:
+        """Sparse mode: the present keypoint features (gates: ``layer.gate.last_gates``)."""
         a = Active(preprocess_pixels(pixels))
-        gates: list[Tensor | None] = []
-        for layer in self.layers:
-            a, g = layer.forward_sparse(a, budget)
-            gates.append(g)
+        for layer in self.convs:
+            a = layer.forward_sparse(a, budget)
         feats = self.pool(a.x)
-        return Active(feats, None if a.idx is None else keypoint_index(a.idx)), gates
+        return Active(feats, None if a.idx is None else keypoint_index(a.idx))
 
     def executed_macs(self, gates: list[Tensor | None], batch: int) -> dict[str, Tensor]:
         """Per-sample MACs of each conv layer and the pool for the given gate pattern."""
         out: dict[str, Tensor] = {}
         n_in = torch.full((batch,), float(self.in_channels))
-        for i, (layer, g) in enumerate(zip(self.layers, gates, strict=True)):
+        for i, (layer, g) in enumerate(zip(self.convs, gates, strict=True)):
             n_out = g.sum(1) if g is not None else torch.full((batch,), float(layer.num_units))
             out[f"encoder.layers.{i}"] = layer.macs(n_in, n_out)
             n_in = n_out

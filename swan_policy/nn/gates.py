@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -64,6 +65,22 @@ def budget_mask(logits: Tensor, budget: float, num_ref_units: int | None = None)
     top = torch.topk(logits, k, dim=-1, sorted=False).indices
     keep = torch.zeros_like(positive).scatter_(-1, top, True)
     return (keep & positive).to(logits.dtype)
+
+
+def active_units(logits: np.ndarray, budget: float, num_ref_units: int | None = None) -> np.ndarray:
+    """Batch-1, numpy twin of :func:`budget_mask`: sorted indices of the active units.
+
+    The sparse mode's fast path at batch 1: numpy handles the gate decision on these
+    tiny vectors in ~1 us per op, where torch's per-op overhead is ~10x that.
+    Exact ties between logits may be broken differently from ``torch.topk``.
+    """
+    n = logits.shape[-1]
+    k = units_for_budget(budget, num_ref_units if num_ref_units is not None else n)
+    idx = np.flatnonzero(logits > 0)
+    if idx.size > k:
+        top = np.argpartition(-logits[idx], k - 1)[:k]
+        idx = np.sort(idx[top])
+    return idx
 
 
 class _HardGateSTE(torch.autograd.Function):
@@ -133,8 +150,9 @@ class SwanGate(nn.Module):
             "active_count", torch.zeros(num_units, dtype=torch.float64), persistent=False
         )
         self.register_buffer("sample_count", torch.zeros((), dtype=torch.float64), persistent=False)
-        self.last_logits: Tensor | None = None
-        self.last_gates: Tensor | None = None
+        self._last_logits: Tensor | np.ndarray | None = None
+        self._last_mask: Tensor | None = None
+        self._last_idx: np.ndarray | None = None  # batch-1 fast path: mask built on demand
         self._reg: Tensor | None = None
 
     def forward(self, logits: Tensor, budget: float = 1.0) -> Tensor:
@@ -146,13 +164,41 @@ class SwanGate(nn.Module):
         else:
             gates = mask
             self._reg = None
-        self.last_logits = logits.detach()
-        self.last_gates = mask
+        self._last_logits, self._last_mask, self._last_idx = logits.detach(), mask, None
         if self.track_stats:
             with torch.no_grad():
                 self.active_count += mask.sum(0).to(torch.float64)
                 self.sample_count += mask.shape[0]
         return gates
+
+    def select(self, logits: np.ndarray, budget: float = 1.0) -> np.ndarray:
+        """Inference at batch 1: indices of the active units for logits ``[N]`` (numpy).
+
+        Same decision and bookkeeping as :meth:`forward`, without autograd.
+        """
+        idx = active_units(logits, budget, self.num_ref_units)
+        self._last_logits, self._last_mask, self._last_idx = logits, None, idx
+        self._reg = None
+        if self.track_stats:
+            self.active_count.numpy()[idx] += 1.0  # a view: updates the (CPU) buffer
+            self.sample_count.add_(1.0)
+        return idx
+
+    @property
+    def last_gates(self) -> Tensor | None:
+        """Hard gates ``[B, N]`` of the last forward (or :meth:`select`)."""
+        if self._last_mask is None and self._last_idx is not None:
+            mask = torch.zeros(1, self.num_units)
+            mask[0, torch.from_numpy(self._last_idx)] = 1.0
+            self._last_mask = mask
+        return self._last_mask
+
+    @property
+    def last_logits(self) -> Tensor | None:
+        """Gate logits ``[B, N]`` of the last forward (what schedulers read as scores)."""
+        if isinstance(self._last_logits, np.ndarray):
+            self._last_logits = torch.from_numpy(self._last_logits).reshape(1, -1)
+        return self._last_logits
 
     def _regulariser(self, logits: Tensor) -> Tensor:
         expected = torch.sigmoid(logits / self.tau).mean()

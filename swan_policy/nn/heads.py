@@ -51,7 +51,7 @@ class GatedMLPHead(nn.Module):
     ) -> None:
         super().__init__()
         self.in_dim = in_dim
-        layers = []
+        layers: list[GatedLinear] = []
         d = in_dim
         for i, h in enumerate(hidden):
             layers.append(
@@ -66,29 +66,29 @@ class GatedMLPHead(nn.Module):
             )
             d = h
         self.layers = nn.ModuleList(layers)
+        self.hidden: list[GatedLinear] = layers  # typed view of the same modules
         self.out = nn.Linear(d, out_dim)
 
     def forward(self, x: Tensor, budget: float = 1.0) -> tuple[Tensor, list[Tensor | None]]:
         gates: list[Tensor | None] = []
-        for layer in self.layers:
+        for layer in self.hidden:
             x, g = layer(x, budget)
             gates.append(g)
         return self.out(x), gates
 
-    def forward_sparse(self, a: Active, budget: float = 1.0) -> tuple[Tensor, list[Tensor | None]]:
-        gates: list[Tensor | None] = []
-        for layer in self.layers:
-            a, g = layer.forward_sparse(a, budget)
-            gates.append(g)
-        return sparse_linear(self.out, a), gates
+    def forward_sparse(self, a: Active, budget: float = 1.0) -> Tensor:
+        """Sparse mode: pre-squash actions (gates: ``layer.gate.last_gates``)."""
+        for layer in self.hidden:
+            a = layer.forward_sparse(a, budget)
+        return sparse_linear(self.out, a)
 
     def executed_macs(
         self, n_in: Tensor, gates: list[Tensor | None], batch: int
     ) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
-        for i, (layer, g) in enumerate(zip(self.layers, gates, strict=True)):
+        for i, (layer, g) in enumerate(zip(self.hidden, gates, strict=True)):
             n_out = g.sum(1) if g is not None else torch.full((batch,), float(layer.num_units))
             out[f"head.layers.{i}"] = layer.macs(n_in, n_out)
             n_in = n_out
-        out["head.out"] = flops.linear_macs(n_in, self.out.out_features)
+        out["head.out"] = n_in * self.out.out_features
         return out

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -45,6 +46,15 @@ class Active:
 
 def _select(t: Tensor, dim: int, idx: Tensor | None) -> Tensor:
     return t if idx is None else t.index_select(dim, idx)
+
+
+def _fast_path(x: Tensor) -> bool:
+    """Batch-1 CPU inference: gate decisions go through numpy (see gates.active_units)."""
+    return x.shape[0] == 1 and not torch.is_grad_enabled() and x.device.type == "cpu"
+
+
+def _np(t: Tensor) -> np.ndarray:
+    return t.detach().numpy()
 
 
 def _union_active(gates: Tensor) -> Tensor:
@@ -99,7 +109,9 @@ class GatedConv2d(nn.Module):
             (in_hw[1] + 2 * padding - kernel_size) // stride + 1,
         )
         if min(self.out_hw) < 1:
-            raise ValueError(f"input {in_hw} is too small for kernel {kernel_size}, stride {stride}")
+            raise ValueError(
+                f"input {in_hw} is too small for kernel {kernel_size}, stride {stride}"
+            )
         self.gated = gated
         self.gate_fc: nn.Linear | None = None
         self.gate: SwanGate | None = None
@@ -127,27 +139,42 @@ class GatedConv2d(nn.Module):
         g = self.gate(self.gate_logits(x), budget)
         return y * g[:, :, None, None], g
 
-    def forward_sparse(self, a: Active, budget: float = 1.0) -> tuple[Active, Tensor | None]:
-        """Sparse mode: only active output channels, fed only by active input channels."""
+    def forward_sparse(self, a: Active, budget: float = 1.0) -> Active:
+        """Sparse mode (inference): only active output channels, fed by active inputs.
+
+        The gates of the call are in ``self.gate.last_gates``.
+        """
         weight, bias = self.conv.weight, self.conv.bias
+        assert bias is not None  # built with bias=True
         if a.idx is not None:
             weight = weight.index_select(1, a.idx)
         if self.gate is None:
-            y = F.conv2d(a.x, weight, bias, self.conv.stride, self.conv.padding)
-            return Active(F.relu(y)), None
+            return Active(F.relu(self._conv(a.x, weight, bias)))
+        if _fast_path(a.x):
+            assert self.gate_fc is not None
+            pooled = _np(a.x.mean(dim=(2, 3)))[0]
+            w_gate = _np(self.gate_fc.weight)
+            if a.idx is not None:
+                w_gate = w_gate[:, a.idx.numpy()]
+            logits = w_gate @ pooled + _np(self.gate_fc.bias)
+            out_idx = torch.from_numpy(self.gate.select(logits, budget))
+            y = F.relu(
+                self._conv(a.x, weight.index_select(0, out_idx), bias.index_select(0, out_idx))
+            )
+            return Active(y, out_idx)
         g = self.gate(self.gate_logits(a.x, a.idx), budget)
         out_idx = _union_active(g)
-        y = F.conv2d(
-            a.x,
-            weight.index_select(0, out_idx),
-            bias.index_select(0, out_idx),
-            self.conv.stride,
-            self.conv.padding,
-        )
-        y = F.relu(y)
+        y = F.relu(self._conv(a.x, weight.index_select(0, out_idx), bias.index_select(0, out_idx)))
         if y.shape[0] > 1:  # per-sample gates inside the batch's union
             y = y * g.index_select(1, out_idx)[:, :, None, None]
-        return Active(y, out_idx), g
+        return Active(y, out_idx)
+
+    def _conv(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        # conv2d refuses zero-sized weights; an empty unit set is a valid gate pattern.
+        if weight.shape[0] == 0 or weight.shape[1] == 0:
+            out = bias.view(1, -1, 1, 1).expand(x.shape[0], -1, *self.out_hw)
+            return out.clone()
+        return F.conv2d(x, weight, bias, self.conv.stride, self.conv.padding)
 
     def macs(self, n_in: flops.N, n_out: flops.N) -> flops.N:
         """MACs executed per sample with ``n_in`` active inputs and ``n_out`` active units."""
@@ -171,6 +198,7 @@ class GatedConv2d(nn.Module):
             gated=self.gate is not None,
             num_ref_units=self.gate.num_ref_units if self.gate is not None else None,
         )
+        assert new.conv.bias is not None and conv.bias is not None
         new.conv.weight.copy_(_select(conv.weight, 1, keep_in)[keep_out])
         new.conv.bias.copy_(conv.bias[keep_out])
         if self.gate is not None and self.gate_fc is not None:
@@ -233,18 +261,31 @@ class GatedLinear(nn.Module):
         g = self.gate(self.gate_logits(x), budget)
         return y * g, g
 
-    def forward_sparse(self, a: Active, budget: float = 1.0) -> tuple[Active, Tensor | None]:
+    def forward_sparse(self, a: Active, budget: float = 1.0) -> Active:
+        """Sparse mode (inference); the gates of the call are in ``self.gate.last_gates``."""
         weight = _select(self.linear.weight, 1, a.idx)
         if self.gate is None:
-            return Active(F.relu(F.linear(a.x, weight, self.linear.bias))), None
-        g = self.gate(self.gate_logits(a.x, a.idx), budget)
-        out_idx = _union_active(g)
+            return Active(F.relu(F.linear(a.x, weight, self.linear.bias)))
+        if _fast_path(a.x):
+            assert self.gate_down is not None and self.gate_up is not None
+            x_np = _np(a.x)[0]
+            down = _np(self.gate_down.weight)
+            if a.idx is not None:
+                down = down[:, a.idx.numpy()]
+            logits = _np(self.gate_up.weight) @ (down @ x_np) + _np(self.gate_up.bias)
+            out_idx = torch.from_numpy(self.gate.select(logits, budget))
+            g = None
+        else:
+            g = self.gate(self.gate_logits(a.x, a.idx), budget)
+            out_idx = _union_active(g)
         y = F.relu(
-            F.linear(a.x, weight.index_select(0, out_idx), self.linear.bias.index_select(0, out_idx))
+            F.linear(
+                a.x, weight.index_select(0, out_idx), self.linear.bias.index_select(0, out_idx)
+            )
         )
-        if y.shape[0] > 1:
+        if g is not None and y.shape[0] > 1:
             y = y * g.index_select(1, out_idx)
-        return Active(y, out_idx), g
+        return Active(y, out_idx)
 
     def macs(self, n_in: flops.N, n_out: flops.N) -> flops.N:
         total = flops.linear_macs(n_in, n_out)
@@ -282,7 +323,9 @@ def sparse_linear(layer: nn.Linear, a: Active) -> Tensor:
 @torch.no_grad()
 def compact_linear(layer: nn.Linear, keep_in: Tensor | None) -> nn.Linear:
     """An ungated linear layer with only the input columns ``keep_in``."""
-    new = nn.Linear(layer.in_features if keep_in is None else int(keep_in.numel()), layer.out_features)
+    new = nn.Linear(
+        layer.in_features if keep_in is None else int(keep_in.numel()), layer.out_features
+    )
     new.weight.copy_(_select(layer.weight, 1, keep_in))
     new.bias.copy_(layer.bias)
     return new

@@ -1,0 +1,210 @@
+"""Training checkpoints: safetensors + JSON, written atomically, with a ``last`` pointer.
+
+Layout (DESIGN.md §8)::
+
+    runs/<name>/checkpoints/step_<n>/model.safetensors       policy weights
+                                     config.json             policy config
+                                     optimizer.safetensors   optimiser tensors
+                                     trainer_state.json      step, param groups, RNG, extras
+    runs/<name>/checkpoints/last                             text: "step_<n>"
+
+A checkpoint is written into a hidden temp directory and renamed into place (atomic on
+one filesystem); only then is ``last`` replaced (atomically). A crash or SIGKILL at any
+moment leaves the previous checkpoint intact and ``last`` pointing at a complete one;
+leftover temp directories are removed by the next save or load.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from swan_policy.policy import SwanPolicy
+from swan_policy.serialization import (
+    CheckpointError,
+    atomic_write,
+    load_json,
+    load_tensors,
+    save_json,
+    save_tensors,
+)
+
+LAST = "last"
+TMP_PREFIX = ".tmp-"
+
+
+@dataclass
+class TrainerState:
+    """Everything besides weights that a resumed run needs to continue identically."""
+
+    step: int = 0
+    epoch: int = 0
+    best_metric: float | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def capture_rng() -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """RNG streams of torch, numpy's legacy global generator and ``random``."""
+    tensors = {"rng.torch": torch.get_rng_state()}
+    # The legacy global stream: SB3's set_random_seed and older helpers draw from it.
+    np_state = np.random.get_state()  # noqa: NPY002
+    meta = {
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],  # type: ignore[index]
+        "python": _to_json(random.getstate()),
+    }
+    return tensors, meta
+
+
+def restore_rng(tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    n = meta["numpy"]
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), *n[2:]))  # noqa: NPY002
+    random.setstate(_from_json(meta["python"]))
+
+
+def _to_json(obj: Any) -> Any:
+    return [_to_json(x) for x in obj] if isinstance(obj, tuple | list) else obj
+
+
+def _from_json(obj: Any) -> Any:
+    return tuple(_from_json(x) for x in obj) if isinstance(obj, list) else obj
+
+
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    sd = opt.state_dict()
+    tensors: dict[str, Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, state in sd["state"].items():
+        for name, value in state.items():
+            if isinstance(value, Tensor):
+                tensors[f"state.{pid}.{name}"] = value
+            else:
+                scalars.setdefault(str(pid), {})[name] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        _, pid, name = key.split(".", 2)
+        state.setdefault(int(pid), {})[name] = value
+    for pid, values in meta["scalars"].items():
+        state.setdefault(int(pid), {}).update(values)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(
+    run_dir: Path,
+    policy: SwanPolicy,
+    optimizer: torch.optim.Optimizer | None,
+    state: TrainerState,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+) -> Path:
+    """Write ``checkpoints/step_<n>`` atomically, then move ``last`` to it."""
+    ckpt_root = run_dir / "checkpoints"
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    _remove_temp_dirs(ckpt_root)
+    final = ckpt_root / f"step_{state.step}"
+    tmp = ckpt_root / f"{TMP_PREFIX}step_{state.step}-{os.getpid()}"
+    tmp.mkdir()
+    try:
+        policy.save_pretrained(tmp)
+        rng_tensors, rng_meta = capture_rng()
+        opt_tensors: dict[str, Tensor] = {}
+        opt_meta: dict[str, Any] | None = None
+        if optimizer is not None:
+            opt_tensors, opt_meta = _flatten_optimizer(optimizer)
+        save_tensors(tmp / "optimizer.safetensors", {**opt_tensors, **rng_tensors})
+        save_json(
+            tmp / "trainer_state.json",
+            {
+                "step": state.step,
+                "epoch": state.epoch,
+                "best_metric": state.best_metric,
+                "extras": state.extras,
+                "optimizer": opt_meta,
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "rng": rng_meta,
+            },
+        )
+        if final.exists():  # re-saving the same step (e.g. Ctrl-C right after a save)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(ckpt_root)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    atomic_write(ckpt_root / LAST, lambda p: p.write_text(final.name + "\n"))
+    return final
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint ``last`` points to, or None if the run has none."""
+    pointer = run_dir / "checkpoints" / LAST
+    if not pointer.is_file():
+        return None
+    target = run_dir / "checkpoints" / pointer.read_text().strip()
+    if not (target / "trainer_state.json").is_file():
+        raise CheckpointError(f"{pointer}: points to {target.name}, which is incomplete")
+    return target
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint; optimiser/scheduler states are applied by the caller."""
+
+    policy: SwanPolicy
+    state: TrainerState
+    optimizer_state: dict[str, Any] | None
+    scheduler_state: dict[str, Any] | None
+    rng_tensors: dict[str, Tensor]
+    rng_meta: dict[str, Any]
+
+    def restore_rng(self) -> None:
+        restore_rng(self.rng_tensors, self.rng_meta)
+
+
+def load_checkpoint(ckpt: Path) -> Checkpoint:
+    """Load a checkpoint written by :func:`save_checkpoint` (nothing global is changed).
+
+    Raises:
+        CheckpointError: a file is missing, malformed or does not fit.
+    """
+    _remove_temp_dirs(ckpt.parent)
+    policy = SwanPolicy.from_pretrained(ckpt)
+    meta = load_json(ckpt / "trainer_state.json")
+    tensors = load_tensors(ckpt / "optimizer.safetensors")
+    try:
+        state = TrainerState(
+            int(meta["step"]), int(meta["epoch"]), meta["best_metric"], dict(meta["extras"])
+        )
+        opt_tensors = {k: v for k, v in tensors.items() if k.startswith("state.")}
+        opt_state = None
+        if meta["optimizer"] is not None:
+            opt_state = _unflatten_optimizer(opt_tensors, meta["optimizer"])
+        rng = {k: v for k, v in tensors.items() if k.startswith("rng.")}
+        return Checkpoint(policy, state, opt_state, meta["scheduler"], rng, dict(meta["rng"]))
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{ckpt}: trainer state does not fit ({e!r})") from None
+
+
+def _remove_temp_dirs(ckpt_root: Path) -> None:
+    if ckpt_root.is_dir():
+        for p in ckpt_root.glob(f"{TMP_PREFIX}*"):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,81 @@
+"""Training losses: behaviour cloning with the sandwich rule and in-place distillation.
+
+Budget-robust training (DESIGN.md §3; US-Nets' sandwich rule, Yu & Huang 2019): each
+step trains the free gate (``b = 1``), the smallest budget ``b_min`` and a few random
+budgets in between. The full-budget pass learns from the demonstrations and carries
+the sparsity term; the lower budgets learn from the demonstrations *and* from the
+full-budget output (detached), so one model gives a monotone quality-vs-budget curve.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from swan_policy.policy import SwanPolicy
+
+
+def sandwich_budgets(
+    b_min: float, n_random: int, rng: random.Random, levels: Sequence[float] = ()
+) -> list[float]:
+    """``[1.0, b_min, r_1, ..., r_n]`` with ``r_i`` uniform in ``(b_min, 1)``.
+
+    If ``levels`` is given, the random budgets are drawn from those levels instead
+    (training exactly the budgets the ladder will export).
+    """
+    if not 0.0 < b_min <= 1.0:
+        raise ValueError(f"b_min must be in (0, 1], got {b_min}")
+    budgets = [1.0] if b_min == 1.0 else [1.0, b_min]
+    for _ in range(n_random if b_min < 1.0 else 0):
+        budgets.append(rng.choice(list(levels)) if levels else rng.uniform(b_min, 1.0))
+    return budgets
+
+
+def bc_sandwich_loss(
+    policy: SwanPolicy,
+    obs: Mapping[str, Tensor],
+    actions: Tensor,
+    budgets: Sequence[float],
+    sparsity_weight: float,
+    distill_weight: float,
+) -> tuple[Tensor, dict[str, Any]]:
+    """One BC step's loss over the sandwich budgets.
+
+    Args:
+        policy: the gated policy (masked mode is used: gradients reach the gates).
+        obs / actions: a batch; actions in the env's units.
+        budgets: first entry must be 1.0 (the teacher for distillation).
+        sparsity_weight: weight of the gates' regulariser (full-budget pass).
+        distill_weight: ``alpha`` in ``(1 - alpha) * BC + alpha * distill`` for b < 1.
+
+    Returns:
+        ``(loss, info)``; info has ``bc_loss`` (b = 1), ``sparsity``, ``active_fraction``
+        (b = 1) and ``bc_loss@min`` (smallest budget).
+    """
+    target = policy.normalize_actions(actions.to(torch.float32))
+    full = policy.forward_normalized(obs, budgets[0], mode="masked")
+    bc = F.mse_loss(full, target)
+    reg = policy.sparsity_loss()
+    info: dict[str, Any] = {
+        "bc_loss": float(bc.detach()),
+        "sparsity": float(reg.detach()),
+        "active_fraction": policy.last_active_fraction(),
+    }
+    loss = bc + sparsity_weight * reg
+    teacher = full.detach()
+    low_losses = []
+    for b in budgets[1:]:
+        pred = policy.forward_normalized(obs, b, mode="masked")
+        low = (1.0 - distill_weight) * F.mse_loss(pred, target)
+        low = low + distill_weight * F.mse_loss(pred, teacher)
+        low_losses.append(low)
+    if low_losses:
+        loss = loss + torch.stack(low_losses).sum()
+        info["bc_loss@min"] = float(low_losses[0].detach())
+    info["loss"] = float(loss.detach())
+    return loss, info

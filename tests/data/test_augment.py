@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from swan_policy.data.augment import random_shift
+
+
+@given(pad=st.integers(0, 4), seed=st.integers(0, 2**16))
+def test_random_shift_is_an_edge_replicating_translation(pad: int, seed: int) -> None:
+    img = torch.arange(2 * 9 * 9 * 3, dtype=torch.int64).reshape(2, 9, 9, 3).to(torch.uint8)
+    out = random_shift(img, pad, torch.Generator().manual_seed(seed))
+    assert out.shape == img.shape and out.dtype == torch.uint8
+    again = random_shift(img, pad, torch.Generator().manual_seed(seed))
+    assert torch.equal(out, again)
+    if pad == 0:
+        assert out is img
+        return
+    for b in range(2):
+        # each output pixel comes from a clamped, shifted source location
+        found = False
+        for dy in range(-pad, pad + 1):
+            for dx in range(-pad, pad + 1):
+                rows = (torch.arange(9) + dy).clamp(0, 8)
+                cols = (torch.arange(9) + dx).clamp(0, 8)
+                if torch.equal(out[b], img[b][rows][:, cols]):
+                    found = True
+        assert found

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from swan_policy.policy import SwanPolicy
+from swan_policy.train.losses import bc_sandwich_loss, sandwich_budgets
+from tests.conftest import random_obs, tiny_config
+
+
+def test_sandwich_budgets() -> None:
+    rng = random.Random(0)
+    b = sandwich_budgets(0.25, 2, rng)
+    assert b[:2] == [1.0, 0.25] and len(b) == 4 and all(0.25 <= x <= 1.0 for x in b)
+    assert sandwich_budgets(1.0, 3, rng) == [1.0]
+    assert set(sandwich_budgets(0.25, 5, rng, levels=[0.5, 0.75])[2:]) <= {0.5, 0.75}
+    with pytest.raises(ValueError, match="b_min must be in"):
+        sandwich_budgets(0.0, 1, rng)
+
+
+def test_sandwich_loss_trains_all_budgets() -> None:
+    torch.manual_seed(0)
+    policy = SwanPolicy(tiny_config())
+    obs = random_obs(policy.config, 8)
+    loss, info = bc_sandwich_loss(policy, obs, torch.zeros(8, 2), [1.0, 0.25, 0.5], 0.1, 0.5)
+    loss.backward()
+    assert {"bc_loss", "bc_loss@min", "sparsity", "active_fraction", "loss"} <= set(info)
+    assert all(p.grad is not None for p in policy.head.out.parameters())
+    first = policy.encoder.convs[0]
+    assert first.gate_fc is not None and first.gate_fc.weight.grad is not None
