@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from swan_policy.nn.layers import Active, GatedConv2d, GatedLinear, GateOptions
+
+
+def _conv(seed: int = 0) -> GatedConv2d:
+    torch.manual_seed(seed)
+    return GatedConv2d(4, 12, 3, 1, in_hw=(10, 10), options=GateOptions(init_bias=0.0))
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+@pytest.mark.parametrize("budget", [1.0, 0.5, 0.25])
+def test_conv_masked_equals_sparse(batch: int, budget: float) -> None:
+    layer = _conv()
+    x = torch.relu(torch.randn(batch, 4, 10, 10))
+    y_masked, g = layer(x, budget)
+    a = layer.forward_sparse(Active(x), budget)
+    assert layer.gate is not None
+    assert torch.equal(g, layer.gate.last_gates)  # type: ignore[arg-type]
+    dense = torch.zeros_like(y_masked)
+    assert a.idx is not None
+    dense[:, a.idx] = a.x
+    torch.testing.assert_close(dense, y_masked, atol=1e-5, rtol=0)
+
+
+def test_linear_sparse_with_sparse_input_and_compacted() -> None:
+    torch.manual_seed(0)
+    layer = GatedLinear(10, 20, rank=3, options=GateOptions(init_bias=0.0))
+    x = torch.randn(3, 10)
+    in_idx = torch.tensor([0, 2, 5, 7])
+    x_masked = torch.zeros_like(x)
+    x_masked[:, in_idx] = x[:, in_idx]
+    y, g = layer(x_masked, 0.5)
+    a = layer.forward_sparse(Active(x[:, in_idx], in_idx), 0.5)
+    dense = torch.zeros_like(y)
+    assert a.idx is not None
+    dense[:, a.idx] = a.x
+    torch.testing.assert_close(dense, y, atol=1e-5, rtol=0)
+    # compact: keep the union of active units; same output on those units
+    assert g is not None
+    keep = g.any(0).nonzero().squeeze(1)
+    small = layer.compacted(keep, in_idx)
+    y_small, _ = small(x[:, in_idx], 0.5)
+    torch.testing.assert_close(y_small, y[:, keep], atol=1e-5, rtol=0)
+    assert small.gate is not None and small.gate.num_ref_units == 20
+
+
+def test_all_units_off_gives_zero_width_but_valid_tensors() -> None:
+    layer = _conv()
+    assert layer.gate_fc is not None
+    nn.init.constant_(layer.gate_fc.bias, -1e3)
+    with torch.no_grad():
+        a = layer.forward_sparse(Active(torch.rand(1, 4, 10, 10)), 1.0)
+    assert layer.gate is not None and layer.gate.last_gates is not None
+    assert a.x.shape == (1, 0, 8, 8) and layer.gate.last_gates.sum() == 0
+    nxt = GatedConv2d(12, 6, 3, in_hw=(8, 8))
+    b = nxt.forward_sparse(a, 1.0)
+    assert b.x.shape[0] == 1 and torch.isfinite(b.x).all()
+
+
+def test_ste_gradients_reach_layer_and_gate_parameters() -> None:
+    layer = GatedLinear(6, 8, rank=2, options=GateOptions(init_bias=0.5))
+    y, _ = layer(torch.randn(16, 6))
+    y.square().mean().backward()
+    assert layer.gate_down is not None and layer.gate_up is not None
+    for p in (
+        layer.linear.weight,
+        layer.gate_down.weight,
+        layer.gate_up.weight,
+        layer.gate_up.bias,
+    ):
+        assert p.grad is not None and p.grad.abs().sum() > 0
+    conv = _conv()
+    yc, _ = conv(torch.rand(2, 4, 10, 10))
+    yc.mean().backward()
+    assert conv.gate_fc is not None and conv.gate_fc.weight.grad is not None
+    assert conv.gate_fc.weight.grad.abs().sum() > 0
+
+
+def test_ungated_layers_are_plain() -> None:
+    conv = GatedConv2d(3, 5, 3, in_hw=(7, 7), gated=False)
+    x = torch.rand(2, 3, 7, 7)
+    y, g = conv(x)
+    assert g is None
+    torch.testing.assert_close(y, torch.relu(conv.conv(x)))
+    assert conv.macs(3, 5) == 3 * 5 * 9 * 25
+
+
+def test_bad_geometry_is_refused() -> None:
+    with pytest.raises(ValueError, match="too small"):
+        GatedConv2d(3, 4, 5, 1, in_hw=(3, 3))
+    with pytest.raises(ValueError, match="gate rank"):
+        GatedLinear(4, 4, rank=0)

@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from swan_policy.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = str(REPO / "configs" / "reach_bc.yaml")
+TINY = [
+    "--set",
+    "policy.image_hw=[16, 16]",
+    "--set",
+    "policy.encoder.channels=[4, 4]",
+    "--set",
+    "policy.encoder.strides=[2, 1]",
+    "--set",
+    "policy.head.hidden=[8]",
+]
+
+
+def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert "swan-policy" in capsys.readouterr().out
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for verb in ("info", "demos", "train", "eval", "compact", "export", "deploy"):
+        assert verb in out
+
+
+def test_info_prints_the_gate_table(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", "--config", CONFIG, *TINY, "--budgets", "1,0.5", "--batch", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "encoder.layers.0" in out and "head.layers.0" in out and "MMACs" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["info", "--config", CONFIG, "--set", "policy.gate.foo=1"],
+            "error: policy.gate.foo: Extra inputs are not permitted",
+        ),
+        (
+            ["info", "--config", CONFIG, "--set", "policy.gate.tau=0"],
+            "error: policy.gate.tau: Input should be greater than 0 (got 0)",
+        ),
+        (["info", "--config", "no/such.yaml"], "error: cannot read config no/such.yaml"),
+        (
+            ["info", "--config", CONFIG, "--budgets", "1,2"],
+            "error: --budgets: each budget must be in (0, 1]",
+        ),
+        (
+            ["info", "--config", CONFIG, "--mode", "fast"],
+            "error: --mode: expected 'masked' or 'sparse'",
+        ),
+        (["info", "--bogus"], "error: No such option: --bogus"),
+        (["train", "--config", CONFIG], "error: `swan train` is not available yet"),
+    ],
+)
+def test_user_errors_are_one_line(
+    capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), captured.err
+    assert "Traceback" not in captured.err + captured.out
+
+
+def test_console_script_exit_status() -> None:
+    swan = Path(sys.executable).parent / "swan"
+    env = dict(os.environ, COLUMNS="200")
+    bad = subprocess.run(
+        [str(swan), "info", "--config", CONFIG, "--set", "seed=-1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "error: seed: Input should be greater than or equal to 0 (got -1)"
+    good = subprocess.run(
+        [str(swan), "info", "--config", CONFIG, *TINY, "--batch", "2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert good.returncode == 0, good.stderr

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+from swan_policy.config import (
+    ConfigError,
+    ExperimentConfig,
+    apply_overrides,
+    dump_config,
+    load_config,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_validate_and_round_trip(path: Path) -> None:
+    cfg = load_config(path)
+    again = ExperimentConfig.model_validate(yaml.safe_load(dump_config(cfg)))
+    assert again == cfg
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+BASE = "policy: {proprio_dim: 3, action_dim: 2}\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "match"),
+    [
+        (BASE + "bogus: 1\n", [], r"^bogus: Extra inputs are not permitted"),
+        (
+            BASE,
+            ["policy.gate.tau=-1"],
+            r"^policy\.gate\.tau: Input should be greater than 0 \(got -1\)",
+        ),
+        (BASE, ["policy.encoder.channels=abc"], r"^policy\.encoder\.channels: .*list"),
+        (BASE, ["policy.encoder.strides=[1]"], r"strides has 1 entries but channels has 4"),
+        (
+            BASE,
+            ["policy.gate.sparsity=l2"],
+            r"^policy\.gate\.sparsity: Input should be 'l1' or 'target'",
+        ),
+        (BASE, ["policy.gate"], r"expected key=value"),
+        (BASE, ["seed=[unclosed"], r"^override seed: cannot parse value"),
+        ("policy: {action_dim: 2}\n", [], r"^policy\.proprio_dim: Field required$"),
+        ("- a\n- b\n", [], r"expected a mapping"),
+        ("policy: [\n", [], r"invalid YAML"),
+    ],
+)
+def test_bad_configs_name_the_field(
+    tmp_path: Path, text: str, overrides: list[str], match: str
+) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_config(_write(tmp_path, text), overrides)
+
+
+def test_overrides_set_nested_values(tmp_path: Path) -> None:
+    cfg = load_config(
+        _write(tmp_path, BASE),
+        [
+            "policy.gate.tau=0.5",
+            "policy.head.hidden=[8, 8, 8]",
+            "name=x",
+            "env.kwargs.variation=hard",
+        ],
+    )
+    assert cfg.policy.gate.tau == 0.5
+    assert cfg.policy.head.hidden == [8, 8, 8]
+    assert cfg.name == "x"
+    assert cfg.env.kwargs == {"variation": "hard"}
+
+
+@given(
+    keys=st.lists(st.from_regex(r"[a-z]{1,5}", fullmatch=True), min_size=1, max_size=4),
+    value=st.one_of(st.integers(), st.floats(allow_nan=False, allow_infinity=False), st.booleans()),
+)
+def test_override_parsing_property(keys: list[str], value: object) -> None:
+    data = apply_overrides(
+        {}, [".".join(keys) + "=" + yaml.safe_dump(value).strip().removesuffix("...").strip()]
+    )
+    node: object = data
+    for k in keys:
+        assert isinstance(node, dict)
+        node = node[k]
+    assert node == value

@@ -1,0 +1,165 @@
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from swan_policy.compact import compact_policy, keep_from_stats
+from swan_policy.policy import SwanPolicy
+from swan_policy.serialization import CheckpointError, load_tensors, save_tensors
+from swan_policy.spec import ObservationError
+from tests.conftest import random_obs, tiny_config
+
+
+def _policy(seed: int = 0, **overrides: object) -> SwanPolicy:
+    torch.manual_seed(seed)
+    return SwanPolicy(tiny_config(**overrides)).eval()
+
+
+@pytest.mark.parametrize("batch", [1, 6])
+@pytest.mark.parametrize("budget", [1.0, 0.75, 0.5, 0.25])
+def test_three_modes_agree(batch: int, budget: float) -> None:
+    policy = _policy()
+    obs = random_obs(policy.config, batch, seed=1)
+    calib = random_obs(policy.config, 64, seed=2)
+    with torch.no_grad():
+        masked = policy(obs, budget, mode="masked")
+        sparse = policy(obs, budget, mode="sparse")
+        torch.testing.assert_close(sparse, masked, atol=1e-5, rtol=0)
+        # compact: drop every unit never active on calibration + test inputs
+        policy.reset_gate_stats()
+        policy(calib, 1.0)
+        policy(obs, 1.0)
+        keep = keep_from_stats(policy)
+        small = compact_policy(policy, keep).eval()
+        compact = small(obs, budget)
+        compact_sparse = small(obs, budget, mode="sparse")
+    assert small.dense_macs() <= policy.dense_macs()
+    torch.testing.assert_close(compact, masked, atol=1e-5, rtol=0)
+    torch.testing.assert_close(compact_sparse, masked, atol=1e-5, rtol=0)
+
+
+def test_compaction_removes_never_active_units() -> None:
+    policy = _policy()
+    with torch.no_grad():
+        for layer in policy.gated_layers().values():
+            bias = layer.gate_fc.bias if hasattr(layer, "gate_fc") else layer.gate_up.bias
+            bias[: layer.num_units // 2] = -1e4  # these units can never fire
+        obs = random_obs(policy.config, 16)
+        ref = policy(obs)
+        small = compact_policy(policy, keep_from_stats(policy)).eval()
+        out = small(obs)
+    assert small.config.encoder.channels == [4, 4]
+    assert small.config.head.hidden == [8, 8]
+    assert small.dense_macs() < 0.5 * policy.dense_macs()
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+
+
+def test_save_load_round_trip_is_bit_exact(tmp_path: Path) -> None:
+    policy = _policy()
+    policy.set_normalization(np.arange(5.0), np.full(5, 2.0), [-2.0, -1.0], [2.0, 3.0])
+    policy.save_pretrained(tmp_path / "p")
+    loaded = SwanPolicy.from_pretrained(tmp_path / "p").eval()
+    assert loaded.config == policy.config
+    for (k, a), (k2, b) in zip(
+        policy.state_dict().items(), loaded.state_dict().items(), strict=True
+    ):
+        assert k == k2 and torch.equal(a, b)
+    obs = {k: v[0].numpy() for k, v in random_obs(policy.config, 1).items()}
+    np.testing.assert_array_equal(policy.act(obs, 0.5), loaded.act(obs, 0.5))
+    assert not list((tmp_path / "p").glob("*.tmp"))
+
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (Path.touch, (str(self.marker),))  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("name", ["model.safetensors"])
+def test_pickle_disguised_as_safetensors_is_refused(tmp_path: Path, name: str) -> None:
+    policy = _policy()
+    d = policy.save_pretrained(tmp_path / "p")
+    marker = tmp_path / "pwned"
+    (d / name).write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: not a valid safetensors file"):
+        SwanPolicy.from_pretrained(d)
+    assert not marker.exists()
+
+
+def test_truncated_weights_and_bad_dirs(tmp_path: Path) -> None:
+    d = _policy().save_pretrained(tmp_path / "p")
+    data = (d / "model.safetensors").read_bytes()
+    (d / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="not a valid safetensors file"):
+        SwanPolicy.from_pretrained(d)
+    with pytest.raises(CheckpointError, match="expected a policy directory"):
+        SwanPolicy.from_pretrained(tmp_path / "missing")
+    (d / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        SwanPolicy.from_pretrained(d)
+
+
+def test_weights_that_do_not_fit_list_the_keys(tmp_path: Path) -> None:
+    d = _policy().save_pretrained(tmp_path / "p")
+    state = load_tensors(d / "model.safetensors")
+    state.pop("head.out.bias")
+    state["extra.weight"] = torch.zeros(1)
+    state["head.out.weight"] = torch.zeros(3, 3)
+    save_tensors(d / "model.safetensors", state)
+    with pytest.raises(
+        CheckpointError,
+        match=r"missing keys: head\.out\.bias.*unexpected keys: "
+        r"extra\.weight.*wrong shapes: head\.out\.weight",
+    ):
+        SwanPolicy.from_pretrained(d)
+
+
+def test_act_validates_and_does_not_mutate() -> None:
+    policy = _policy()
+    obs = {k: v[0].numpy() for k, v in random_obs(policy.config, 1).items()}
+    obs["proprio"] = obs["proprio"].astype(np.float64)
+    before = {k: v.copy() for k, v in obs.items()}
+    action = policy.act(obs)
+    assert action.shape == (2,) and action.dtype == np.float32
+    assert all(np.array_equal(before[k], obs[k]) for k in obs)
+    assert obs["proprio"].dtype == np.float64
+    bad = dict(obs, pixels=obs["pixels"].transpose(2, 0, 1).copy())
+    with pytest.raises(ObservationError, match=r"'pixels'.*looks like CHW"):
+        policy.act(bad)
+    with pytest.raises(ObservationError, match=r"'pixels'.*expected dtype uint8, got float64"):
+        policy.act(dict(obs, pixels=obs["pixels"].astype(np.float64)))
+    nan = obs["proprio"].copy()
+    nan[1] = np.nan
+    with pytest.raises(ObservationError, match=r"'proprio'.*NaN"):
+        policy.act(dict(obs, proprio=nan))
+    with pytest.raises(ObservationError, match=r"missing \['proprio'\]"):
+        policy.act({"pixels": obs["pixels"]})
+    with pytest.raises(ObservationError, match=r"unexpected \['depth'\]"):
+        policy.act(dict(obs, depth=obs["proprio"]))
+
+
+def test_actions_are_bounded_and_unscaled() -> None:
+    policy = _policy()
+    policy.set_normalization(np.zeros(5), np.ones(5), [0.0, -3.0], [1.0, 3.0])
+    with torch.no_grad():
+        a = policy(random_obs(policy.config, 32))
+    assert bool((a[:, 0] >= 0).all() and (a[:, 0] <= 1).all())
+    assert bool((a[:, 1].abs() <= 3).all())
+    with pytest.raises(ValueError, match="high > low"):
+        policy.set_normalization(np.zeros(5), np.ones(5), [0.0, 1.0], [1.0, 1.0])
+
+
+def test_loss_reports_and_backpropagates() -> None:
+    policy = _policy(gate={"sparsity_weight": 0.1}).train()
+    obs = random_obs(policy.config, 8)
+    loss, info = policy.loss({"obs": obs, "actions": torch.zeros(8, 2)}, budget=0.5)
+    loss.backward()
+    assert set(info) == {"loss", "bc_loss", "sparsity", "active_fraction"}
+    assert info["active_fraction"] <= 0.5
+    assert policy.encoder.layers[0].gate_fc.weight.grad is not None
