@@ -1,0 +1,36 @@
+"""MuJoCo vision-action tasks for swan-policy (registered as ``swan_envs/<Task>-v0``)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Headless rendering: MuJoCo picks its GL backend when it is first imported, so choose EGL
+# (Mesa's software EGL works on CPU-only machines) before anything imports mujoco, unless the
+# user chose a backend or has a display.
+if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY") and sys.platform != "darwin":
+    os.environ["MUJOCO_GL"] = "egl"
+    os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+
+from gymnasium.envs.registration import register, registry  # noqa: E402
+
+__version__ = "0.1.0"
+
+# (id, entry point, max_episode_steps). Entry points are strings, so importing swan_envs stays
+# cheap: mujoco and the MJCF files load only when an env is made.
+_ENVS: tuple[tuple[str, str, int], ...] = (
+    ("swan_envs/Reach-v0", "swan_envs.reach:ReachEnv", 50),
+    ("swan_envs/Push-v0", "swan_envs.push:PushEnv", 100),
+    ("swan_envs/PickPlace-v0", "swan_envs.pick_place:PickPlaceEnv", 150),
+    ("swan_envs/PixelInvertedPendulum-v0", "swan_envs.pixels:make_pixel_inverted_pendulum", 200),
+    ("swan_envs/PixelReacher-v0", "swan_envs.pixels:make_pixel_reacher", 50),
+)
+
+for _env_id, _entry_point, _steps in _ENVS:
+    if _env_id not in registry:
+        register(id=_env_id, entry_point=_entry_point, max_episode_steps=_steps)
+
+ENV_IDS: tuple[str, ...] = tuple(env_id for env_id, _, _ in _ENVS)
+TASK_IDS: tuple[str, ...] = ENV_IDS[:3]
+
+__all__ = ["ENV_IDS", "TASK_IDS", "__version__"]
