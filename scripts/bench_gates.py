@@ -33,6 +33,8 @@ from swan_policy.policy import SwanPolicy
 def build(channels: int, gated: bool, seed: int = 0) -> SwanPolicy:
     torch.manual_seed(seed)
     cfg = PolicyConfig(
+        image_hw=(64, 64),
+        image_channels=3,
         proprio_dim=8,
         action_dim=4,
         gate={"enabled": gated},

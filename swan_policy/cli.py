@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from swan_policy import __version__
+
+if TYPE_CHECKING:
+    from swan_policy.config import ExperimentConfig, PolicyConfig
+    from swan_policy.policy import SwanPolicy
 
 app = typer.Typer(
     name="swan",
@@ -34,10 +38,20 @@ class UserError(Exception):
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
     from swan_policy.config import ConfigError
+    from swan_policy.data.demos import DemoFileError
+    from swan_policy.envs import SpaceMismatchError
     from swan_policy.serialization import CheckpointError
     from swan_policy.spec import ObservationError
 
-    return (UserError, ConfigError, CheckpointError, ObservationError, FileNotFoundError)
+    return (
+        UserError,
+        ConfigError,
+        CheckpointError,
+        ObservationError,
+        SpaceMismatchError,
+        DemoFileError,
+        FileNotFoundError,
+    )
 
 
 def _version(value: bool) -> None:
@@ -73,6 +87,24 @@ def parse_budgets(text: str) -> list[float]:
     return budgets
 
 
+def resolved_policy_config(cfg: ExperimentConfig) -> PolicyConfig:
+    """The config's policy with dims taken from its env where they are not set."""
+    from swan_policy.envs import make_env, resolve_policy_config
+
+    pc = cfg.policy
+    dims = (pc.image_hw, pc.image_channels, pc.proprio_dim, pc.action_dim)
+    if any(d is None for d in dims):
+        try:
+            env = make_env(cfg.env)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        try:
+            pc = resolve_policy_config(pc, env)
+        finally:
+            env.close()
+    return pc
+
+
 @app.command()
 def info(
     config: ConfigOpt,
@@ -95,15 +127,19 @@ def info(
         raise UserError(f"--mode: expected 'masked' or 'sparse', got {mode!r}")
     levels = parse_budgets(budgets)
     cfg = load_config(config, overrides or [])
+    pc = resolved_policy_config(cfg)
     torch.manual_seed(cfg.seed)
-    policy = SwanPolicy(cfg.policy).eval()
-    pc = cfg.policy
+    policy = SwanPolicy(pc).eval()
     gen = torch.Generator().manual_seed(cfg.seed)
     obs = {
         "pixels": torch.randint(
-            0, 256, (batch, *pc.image_hw, pc.image_channels), generator=gen, dtype=torch.uint8
+            0,
+            256,
+            (batch, *policy.image_hw, policy.image_channels),
+            generator=gen,
+            dtype=torch.uint8,
         ),
-        "proprio": torch.randn(batch, pc.proprio_dim, generator=gen),
+        "proprio": torch.randn(batch, policy.proprio_dim, generator=gen),
     }
     per_budget = []
     with torch.inference_mode():
@@ -149,24 +185,166 @@ def _not_yet(verb: str, issue: str) -> None:
     raise UserError(f"`swan {verb}` is not available yet ({issue})")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def demos() -> None:
-    """Collect expert demonstrations into an HDF5 file (not available yet)."""
-    _not_yet("demos", "tasks and demos issue")
+def _parse_kwargs(items: list[str] | None, flag: str) -> dict[str, object]:
+    import yaml
+
+    out: dict[str, object] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"{flag}: expected key=value, got {item!r}")
+        out[key] = yaml.safe_load(raw)
+    return out
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def train() -> None:
-    """Train a gated policy by imitation or RL (not available yet)."""
-    _not_yet("train", "imitation issue")
+@app.command()
+def demos(
+    task: Annotated[str, typer.Option(help="Gymnasium id, e.g. swan_envs/Reach-v0.")],
+    out: Annotated[Path, typer.Option(help="HDF5 file to write (robomimic layout).")],
+    episodes: Annotated[int, typer.Option(min=1, help="Episodes to collect.")] = 200,
+    workers: Annotated[int, typer.Option(min=1, help="Parallel env processes.")] = 2,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of episode 0 (episode i: seed+i).")] = 0,
+    env_kwarg: Annotated[
+        list[str] | None, typer.Option("--env-kwarg", help="gym.make kwarg, e.g. variation=hard.")
+    ] = None,
+    only_success: Annotated[bool, typer.Option(help="Keep only successful episodes.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
+) -> None:
+    """Collect scripted-expert demonstrations into an HDF5 file."""
+    from swan_policy.data.demos import collect_demos
+    from swan_policy.envs import ensure_registered
+
+    if out.exists() and not overwrite:
+        raise UserError(f"--out: {out} exists (pass --overwrite to replace it)")
+    ensure_registered(task)
+    try:
+        stats = collect_demos(
+            task,
+            episodes,
+            out,
+            workers=workers,
+            seed=seed,
+            env_kwargs=_parse_kwargs(env_kwarg, "--env-kwarg"),
+            progress=True,
+            only_success=only_success,
+            overwrite=overwrite,
+        )
+    except (FileExistsError, RuntimeError) as e:
+        raise UserError(str(e)) from None
+    console.print(f"wrote {out}: {stats}")
 
 
-@app.command(
-    name="eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
-)
-def evaluate() -> None:
-    """Evaluate a trained policy in simulation (not available yet)."""
-    _not_yet("eval", "imitation issue")
+@app.command()
+def train(
+    config: ConfigOpt,
+    overrides: SetOpt = None,
+    run_dir: Annotated[
+        Path | None, typer.Option(help="Output directory (default runs/<name>).")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the run's last checkpoint.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
+) -> None:
+    """Train a gated policy by imitation (BC with the sandwich rule, then DAgger)."""
+    from swan_policy.config import load_config
+    from swan_policy.train.checkpoint import latest_checkpoint
+    from swan_policy.train.imitation import TrainingError, TrainingInterrupted, train
+
+    cfg = load_config(config, overrides or [])
+    out = run_dir or Path("runs") / cfg.name
+    if resume:
+        if latest_checkpoint(out) is None:
+            raise UserError(f"--resume: {out} has no checkpoint to resume from")
+    elif out.exists() and any(out.iterdir()):
+        raise UserError(f"run directory {out} exists (pass --resume, or another --run-dir)")
+    try:
+        final = train(cfg, out, resume=resume, show=not quiet)
+    except TrainingInterrupted:
+        raise typer.Exit(130) from None
+    except TrainingError as e:
+        raise UserError(str(e)) from None
+    console.print(f"done: {final}")
+
+
+@app.command(name="eval")
+def evaluate(
+    run: Annotated[Path, typer.Option(help="A run directory written by swan train.")],
+    episodes: Annotated[int, typer.Option(min=1, help="Episodes per budget.")] = 50,
+    budgets: Annotated[str, typer.Option(help="Budgets, comma-separated.")] = "1,0.5,0.25",
+    workers: Annotated[int, typer.Option(min=1, help="Parallel env processes.")] = 2,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the first episode.")] = 10_000,
+    checkpoint: Annotated[str, typer.Option(help="'best', 'last' or a directory.")] = "best",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
+    video: Annotated[Path | None, typer.Option(help="Write an MP4 of one episode.")] = None,
+) -> None:
+    """Evaluate a trained policy in simulation at several budgets."""
+    import json
+
+    from swan_policy.config import load_config
+    from swan_policy.evaluate import evaluate_policy, record_video
+
+    levels = parse_budgets(budgets)
+    cfg = load_config(run / "config.yaml")
+    policy = load_run_policy(run, checkpoint)
+
+    from rich.progress import Progress
+
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("evaluating", total=episodes * len(levels))
+        results = evaluate_policy(
+            policy,
+            cfg.env,
+            episodes,
+            levels,
+            workers,
+            seed,
+            on_episode=lambda _: progress.advance(task),
+        )
+    dense = policy.dense_macs()
+    table = Table(title=f"{run.name}: {episodes} episodes per budget, {cfg.env.id}")
+    for col in ("budget", "success", "return", "length", "active", "MMACs/step", "of dense"):
+        table.add_column(col, justify="right")
+    for r in results:
+        active = sum(r.active_fraction.values()) / max(len(r.active_fraction), 1)
+        table.add_row(
+            f"{r.budget:g}",
+            f"{r.success_rate:.0%}",
+            f"{r.return_mean:.2f} ± {r.return_std:.2f}",
+            f"{r.length_mean:.1f}",
+            f"{active:.2f}",
+            f"{r.macs_per_step / 1e6:.3f}",
+            f"{r.macs_per_step / dense:.0%}",
+        )
+    console.print(table)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "run": str(run),
+            "env": cfg.env.id,
+            "dense_macs": dense,
+            "results": [r.to_json() for r in results],
+        }
+        json_out.write_text(json.dumps(payload, indent=2))
+        console.print(f"wrote {json_out}")
+    if video is not None:
+        n = record_video(policy, cfg.env, video, seed, levels[0])
+        console.print(f"wrote {video} ({n} frames, budget {levels[0]:g})")
+
+
+def load_run_policy(run: Path, which: str = "best") -> SwanPolicy:
+    """The policy of a run: ``best`` (falls back to ``last``), ``last``, or a directory."""
+    from swan_policy.policy import SwanPolicy
+    from swan_policy.train.checkpoint import latest_checkpoint
+
+    if not run.is_dir():
+        raise UserError(f"--run: {run} is not a run directory")
+    if which not in ("best", "last"):
+        return SwanPolicy.from_pretrained(Path(which))
+    if which == "best" and (run / "best").is_dir():
+        return SwanPolicy.from_pretrained(run / "best")
+    last = latest_checkpoint(run)
+    if last is None:
+        raise UserError(f"--run: {run} has no checkpoint")
+    return SwanPolicy.from_pretrained(last)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -190,7 +368,7 @@ def deploy() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``swan`` console script; returns the exit status."""
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
     except typer.Exit as e:
         return int(e.exit_code)
     except typer.Abort:
@@ -206,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     except _user_error_types() as e:
         err_console.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
         return 2
-    return 0
+    return code if isinstance(code, int) else 0  # typer.Exit(n) comes back as n
 
 
 if __name__ == "__main__":

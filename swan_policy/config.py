@@ -73,10 +73,18 @@ class HeadConfig(StrictModel):
 class PolicyConfig(StrictModel):
     """Everything needed to rebuild a SwanPolicy (saved as config.json beside weights)."""
 
-    image_hw: tuple[int, int] = Field((64, 64), description="Image height and width.")
-    image_channels: int = Field(3, ge=1, description="Image channels (3 x stacked frames).")
-    proprio_dim: int = Field(..., ge=1, description="Length of the proprio vector.")
-    action_dim: int = Field(..., ge=1, description="Length of the action vector.")
+    image_hw: tuple[int, int] | None = Field(
+        None, description="Image height and width (None: from the env)."
+    )
+    image_channels: int | None = Field(
+        None, ge=1, description="Image channels, 3 x stacked frames (None: from the env)."
+    )
+    proprio_dim: int | None = Field(
+        None, ge=1, description="Length of the proprio vector (None: from the env)."
+    )
+    action_dim: int | None = Field(
+        None, ge=1, description="Length of the action vector (None: from the env)."
+    )
     gate: GateConfig = Field(default_factory=GateConfig)
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     head: HeadConfig = Field(default_factory=HeadConfig)
@@ -86,7 +94,7 @@ class PolicyConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> PolicyConfig:
-        if min(self.image_hw) < 8:
+        if self.image_hw is not None and min(self.image_hw) < 8:
             raise ValueError(f"image_hw must be at least 8x8, got {self.image_hw}")
         return self
 
@@ -98,13 +106,83 @@ class EnvConfig(StrictModel):
     kwargs: dict[str, Any] = Field(default_factory=dict, description="gym.make keyword args.")
 
 
+class DemosConfig(StrictModel):
+    """Expert demonstrations for imitation (collected if the file does not exist)."""
+
+    path: str = Field("data/demos.hdf5", description="HDF5 demo file (robomimic layout).")
+    episodes: int = Field(200, ge=1, description="Episodes to collect if the file is missing.")
+    workers: int = Field(2, ge=1, description="Parallel env workers for collection.")
+    only_success: bool = Field(True, description="Keep only successful expert episodes.")
+
+
+class BCConfig(StrictModel):
+    """Behaviour cloning with the sandwich rule (DESIGN.md §3)."""
+
+    steps: int = Field(10_000, ge=1, description="Gradient steps of the initial BC phase.")
+    batch_size: int = Field(128, ge=1, description="Samples per gradient step (per process).")
+    lr: float = Field(3e-4, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
+    warmup_steps: int = Field(200, ge=0, description="Linear learning-rate warm-up steps.")
+    lr_schedule: Literal["cosine", "constant"] = Field("cosine", description="After warm-up.")
+    grad_clip: float = Field(1.0, gt=0, description="Max gradient norm.")
+    shift_pad: int = Field(4, ge=0, description="Random-shift augmentation in pixels (0: off).")
+    sandwich: bool = Field(True, description="Train b=1, b_min and random budgets each step.")
+    b_min: float = Field(0.25, gt=0, le=1, description="Smallest budget of the sandwich.")
+    n_random_budgets: int = Field(1, ge=0, description="Random budgets per step.")
+    distill_weight: float = Field(
+        0.5, ge=0, le=1, description="Weight of distillation from b=1 for lower budgets."
+    )
+
+
+class DaggerConfig(StrictModel):
+    """DAgger: roll out, label with the expert, aggregate, retrain (Ross et al. 2011)."""
+
+    rounds: int = Field(0, ge=0, description="DAgger rounds after BC (0: BC only).")
+    episodes_per_round: int = Field(20, ge=1, description="Rollout episodes per round.")
+    steps_per_round: int = Field(2000, ge=1, description="Gradient steps after each round.")
+    beta0: float = Field(0.5, ge=0, le=1, description="P(execute expert action) in round 1.")
+    beta_decay: float = Field(0.5, ge=0, le=1, description="beta_r = beta0 * decay^(r-1).")
+    budget: float = Field(1.0, gt=0, le=1, description="Budget of the rollout policy.")
+
+
+class EvalConfig(StrictModel):
+    """Evaluation in simulation (during training and by ``swan eval``)."""
+
+    episodes: int = Field(20, ge=1, description="Episodes per budget.")
+    every: int = Field(2000, ge=0, description="Evaluate every N training steps (0: only at end).")
+    budgets: list[float] = Field([1.0, 0.5, 0.25], description="Budgets to evaluate.")
+    workers: int = Field(2, ge=1, description="Parallel env workers.")
+    seed: int = Field(10_000, ge=0, description="Seed of the first evaluation episode.")
+    at_end: bool = Field(True, description="Evaluate once more when training ends.")
+
+    @model_validator(mode="after")
+    def _check(self) -> EvalConfig:
+        if not self.budgets or any(not 0 < b <= 1 for b in self.budgets):
+            raise ValueError(f"budgets must be non-empty, each in (0, 1], got {self.budgets}")
+        return self
+
+
+class LogConfig(StrictModel):
+    """Logging and checkpointing cadence."""
+
+    log_every: int = Field(50, ge=1, description="Write metrics every N steps.")
+    checkpoint_every: int = Field(2000, ge=1, description="Checkpoint every N steps.")
+    tensorboard: bool = Field(True, description="Write TensorBoard events.")
+
+
 class ExperimentConfig(StrictModel):
     """Top level of a YAML file in configs/."""
 
     name: str = Field("swan", min_length=1, description="Run name (runs/<name>).")
     seed: int = Field(0, ge=0, description="Global random seed.")
+    method: Literal["bc", "dagger"] = Field("bc", description="Training method.")
     env: EnvConfig = Field(default_factory=EnvConfig)
-    policy: PolicyConfig
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    demos: DemosConfig = Field(default_factory=DemosConfig)
+    bc: BCConfig = Field(default_factory=BCConfig)
+    dagger: DaggerConfig = Field(default_factory=DaggerConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:

@@ -61,14 +61,29 @@ class SwanPolicy(nn.Module):
 
     def __init__(self, config: PolicyConfig) -> None:
         super().__init__()
+        unset = [
+            k
+            for k in ("image_hw", "image_channels", "proprio_dim", "action_dim")
+            if getattr(config, k) is None
+        ]
+        if unset or config.image_hw is None or config.image_channels is None:
+            raise ConfigError(
+                f"policy.{', policy.'.join(unset)} not set; "
+                "swan_policy.envs.resolve_policy_config fills them from the env"
+            )
+        assert config.proprio_dim is not None and config.action_dim is not None
+        self.image_hw: tuple[int, int] = config.image_hw
+        self.image_channels: int = config.image_channels
+        self.proprio_dim: int = config.proprio_dim
+        self.action_dim: int = config.action_dim
         self.config = config
         g = config.gate
         opts = GateOptions(g.tau, g.sparsity, g.target_rate, g.init_bias)
         ref = config.ref_units or {}
         n_enc, n_head = len(config.encoder.channels), len(config.head.hidden)
         self.encoder = GatedConvEncoder(
-            config.image_channels,
-            config.image_hw,
+            self.image_channels,
+            self.image_hw,
             config.encoder.channels,
             config.encoder.strides,
             config.encoder.kernel_size,
@@ -76,36 +91,37 @@ class SwanPolicy(nn.Module):
             options=opts,
             ref_units=[ref[f"encoder.layers.{i}"] for i in range(n_enc)] if ref else None,
         )
-        self.proprio = ProprioMLP(config.proprio_dim, config.head.proprio_hidden)
+        self.proprio = ProprioMLP(self.proprio_dim, config.head.proprio_hidden)
         self.head = GatedMLPHead(
             self.encoder.out_dim + self.proprio.out_dim,
             config.head.hidden,
-            config.action_dim,
+            self.action_dim,
             gated=g.enabled,
             rank=g.linear_rank,
             options=opts,
             ref_units=[ref[f"head.layers.{i}"] for i in range(n_head)] if ref else None,
         )
-        self.register_buffer("proprio_mean", torch.zeros(config.proprio_dim))
-        self.register_buffer("proprio_std", torch.ones(config.proprio_dim))
-        self.register_buffer("action_low", -torch.ones(config.action_dim))
-        self.register_buffer("action_high", torch.ones(config.action_dim))
+        self.register_buffer("proprio_mean", torch.zeros(self.proprio_dim))
+        self.register_buffer("proprio_std", torch.ones(self.proprio_dim))
+        self.register_buffer("action_low", -torch.ones(self.action_dim))
+        self.register_buffer("action_high", torch.ones(self.action_dim))
         self.mode: Mode = "masked"
         self.track_stats = True
         self._last_batch = 0  # batch size of the last forward (0: none yet)
+        self._obs_spec = ObsSpec(
+            {
+                PIXELS: ArraySpec((*self.image_hw, self.image_channels), "uint8"),
+                PROPRIO: ArraySpec((self.proprio_dim,), "float32"),
+            }
+        )
         self._macs_sum: dict[str, float] = {}
         self._macs_samples = 0
 
     # ------------------------------------------------------------------ structure
     @property
     def obs_spec(self) -> ObsSpec:
-        c = self.config
-        return ObsSpec(
-            {
-                PIXELS: ArraySpec((*c.image_hw, c.image_channels), "uint8"),
-                PROPRIO: ArraySpec((c.proprio_dim,), "float32"),
-            }
-        )
+        """The observation this policy accepts (keys, shapes, dtypes)."""
+        return self._obs_spec
 
     def gated_layers(self) -> dict[str, GatedConv2d | GatedLinear]:
         """Gated layers by name (``encoder.layers.i``, ``head.layers.j``), in order."""
@@ -287,18 +303,18 @@ class SwanPolicy(nn.Module):
 
     def dense_macs(self) -> int:
         """MACs per sample of the same architecture without gates (all units on)."""
-        total, n_in = 0, self.config.image_channels
+        total, n_in = 0, self.image_channels
         for layer in self.encoder.convs:
             k = layer.conv.kernel_size
             total += flops.conv2d_macs(n_in, layer.num_units, (k[0], k[1]), layer.out_hw)
             n_in = layer.num_units
         total += flops.spatial_softmax_macs(n_in, self.encoder.pool.hw)
-        total += flops.linear_macs(self.config.proprio_dim, self.proprio.out_dim)
+        total += flops.linear_macs(self.proprio_dim, self.proprio.out_dim)
         d = self.head.in_dim
         for hidden in self.head.hidden:
             total += flops.linear_macs(d, hidden.num_units)
             d = hidden.num_units
-        return total + flops.linear_macs(d, self.config.action_dim)
+        return total + flops.linear_macs(d, self.action_dim)
 
     def gate_stats(self) -> dict[str, Any]:
         """Activation statistics accumulated since the last reset.

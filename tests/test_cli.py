@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs" / "reach_bc.yaml")
 TINY = [
     "--set",
-    "policy.image_hw=[16, 16]",
+    "env.kwargs={width: 32, height: 32}",
     "--set",
     "policy.encoder.channels=[4, 4]",
     "--set",
@@ -59,7 +59,7 @@ def test_info_prints_the_gate_table(capsys: pytest.CaptureFixture[str]) -> None:
             "error: --mode: expected 'masked' or 'sparse'",
         ),
         (["info", "--bogus"], "error: No such option: --bogus"),
-        (["train", "--config", CONFIG], "error: `swan train` is not available yet"),
+        (["compact", "--run", "x"], "error: `swan compact` is not available yet"),
     ],
 )
 def test_user_errors_are_one_line(

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from swan_policy.config import (
     ConfigError,
     ExperimentConfig,
+    PolicyConfig,
     apply_overrides,
     dump_config,
     load_config,
@@ -52,7 +53,7 @@ BASE = "policy: {proprio_dim: 3, action_dim: 2}\n"
         ),
         (BASE, ["policy.gate"], r"expected key=value"),
         (BASE, ["seed=[unclosed"], r"^override seed: cannot parse value"),
-        ("policy: {action_dim: 2}\n", [], r"^policy\.proprio_dim: Field required$"),
+        ("policy: {action_dim: 0}\n", [], r"^policy\.action_dim: Input should be greater than"),
         ("- a\n- b\n", [], r"expected a mapping"),
         ("policy: [\n", [], r"invalid YAML"),
     ],
@@ -93,3 +94,10 @@ def test_override_parsing_property(keys: list[str], value: object) -> None:
         assert isinstance(node, dict)
         node = node[k]
     assert node == value
+
+
+def test_policy_needs_resolved_dims() -> None:
+    from swan_policy.policy import SwanPolicy
+
+    with pytest.raises(ConfigError, match=r"policy\.image_hw, policy\.image_channels.* not set"):
+        SwanPolicy(PolicyConfig(proprio_dim=3, action_dim=2))

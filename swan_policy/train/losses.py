@@ -9,7 +9,6 @@ full-budget output (detached), so one model gives a monotone quality-vs-budget c
 
 from __future__ import annotations
 
-import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,18 +20,26 @@ from swan_policy.policy import SwanPolicy
 
 
 def sandwich_budgets(
-    b_min: float, n_random: int, rng: random.Random, levels: Sequence[float] = ()
+    b_min: float,
+    n_random: int,
+    generator: torch.Generator | None = None,
+    levels: Sequence[float] = (),
 ) -> list[float]:
     """``[1.0, b_min, r_1, ..., r_n]`` with ``r_i`` uniform in ``(b_min, 1)``.
 
-    If ``levels`` is given, the random budgets are drawn from those levels instead
-    (training exactly the budgets the ladder will export).
+    Drawn from torch's RNG (the global one unless ``generator`` is given), so a resumed
+    run, which restores that RNG, draws the same budgets. If ``levels`` is given, the
+    random budgets are drawn from those levels instead (the ladder's exact budgets).
     """
     if not 0.0 < b_min <= 1.0:
         raise ValueError(f"b_min must be in (0, 1], got {b_min}")
     budgets = [1.0] if b_min == 1.0 else [1.0, b_min]
     for _ in range(n_random if b_min < 1.0 else 0):
-        budgets.append(rng.choice(list(levels)) if levels else rng.uniform(b_min, 1.0))
+        u = float(torch.rand((), generator=generator))
+        if levels:
+            budgets.append(float(levels[min(int(u * len(levels)), len(levels) - 1)]))
+        else:
+            budgets.append(b_min + (1.0 - b_min) * u)
     return budgets
 
 

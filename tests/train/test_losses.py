@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 
@@ -11,13 +9,14 @@ from tests.conftest import random_obs, tiny_config
 
 
 def test_sandwich_budgets() -> None:
-    rng = random.Random(0)
-    b = sandwich_budgets(0.25, 2, rng)
+    gen = torch.Generator().manual_seed(0)
+    b = sandwich_budgets(0.25, 2, gen)
     assert b[:2] == [1.0, 0.25] and len(b) == 4 and all(0.25 <= x <= 1.0 for x in b)
-    assert sandwich_budgets(1.0, 3, rng) == [1.0]
-    assert set(sandwich_budgets(0.25, 5, rng, levels=[0.5, 0.75])[2:]) <= {0.5, 0.75}
+    assert b == sandwich_budgets(0.25, 2, torch.Generator().manual_seed(0))
+    assert sandwich_budgets(1.0, 3, gen) == [1.0]
+    assert set(sandwich_budgets(0.25, 5, gen, levels=[0.5, 0.75])[2:]) <= {0.5, 0.75}
     with pytest.raises(ValueError, match="b_min must be in"):
-        sandwich_budgets(0.0, 1, rng)
+        sandwich_budgets(0.0, 1, gen)
 
 
 def test_sandwich_loss_trains_all_budgets() -> None:

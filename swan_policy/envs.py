@@ -1,0 +1,111 @@
+"""Environment helpers: make envs from configs, resolve and check spaces.
+
+swan_policy works with any gymnasium env whose observations are the dict
+``{"pixels": HxWxC uint8, "proprio": float}`` and whose actions are a ``Box``. The
+swan_envs tasks are registered on first use; mujoco is never imported here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from swan_policy.config import EnvConfig, PolicyConfig
+from swan_policy.spec import PIXELS, PROPRIO
+
+
+class SpaceMismatchError(ValueError):
+    """A policy and an environment disagree on observation or action spaces."""
+
+
+def ensure_registered(env_id: str) -> None:
+    """Import the package that registers ``env_id`` (``swan_envs/...`` ids)."""
+    namespace = env_id.split("/", 1)[0] if "/" in env_id else None
+    if namespace and env_id not in gym.registry:
+        try:
+            importlib.import_module(namespace)
+        except ImportError:
+            pass  # gym.make gives the standard "not found" error
+
+
+def make_env(cfg: EnvConfig, render_mode: str | None = None, **overrides: Any) -> gym.Env[Any, Any]:
+    """``gym.make`` for a config's env.
+
+    Raises:
+        ValueError: the config names no env, or gymnasium does not know the id.
+    """
+    if not cfg.id:
+        raise ValueError("env.id is not set in the config")
+    ensure_registered(cfg.id)
+    kwargs = {**cfg.kwargs, **overrides}
+    if render_mode is not None:
+        kwargs["render_mode"] = render_mode
+    try:
+        return gym.make(cfg.id, **kwargs)
+    except gym.error.Error as e:
+        raise ValueError(f"env.id {cfg.id!r}: {e}") from None
+
+
+def _dict_spaces(env: gym.Env[Any, Any]) -> tuple[spaces.Box, spaces.Box, spaces.Box]:
+    obs_space, act_space = env.observation_space, env.action_space
+    if not isinstance(obs_space, spaces.Dict) or set(obs_space.spaces) != {PIXELS, PROPRIO}:
+        raise SpaceMismatchError(
+            f"expected a Dict observation space with keys ['{PIXELS}', '{PROPRIO}'], "
+            f"got {obs_space}"
+        )
+    pixels, proprio = obs_space.spaces[PIXELS], obs_space.spaces[PROPRIO]
+    if not isinstance(pixels, spaces.Box) or pixels.dtype != np.uint8 or len(pixels.shape) != 3:
+        raise SpaceMismatchError(f"observation '{PIXELS}' must be a HxWxC uint8 Box, got {pixels}")
+    if not isinstance(proprio, spaces.Box) or len(proprio.shape) != 1:
+        raise SpaceMismatchError(f"observation '{PROPRIO}' must be a 1-D Box, got {proprio}")
+    if not isinstance(act_space, spaces.Box) or len(act_space.shape) != 1:
+        raise SpaceMismatchError(f"action space must be a 1-D Box, got {act_space}")
+    return pixels, proprio, act_space
+
+
+def resolve_policy_config(cfg: PolicyConfig, env: gym.Env[Any, Any]) -> PolicyConfig:
+    """Fill unset dims from the env's spaces; check the set ones (error names the field)."""
+    pixels, proprio, act = _dict_spaces(env)
+    wanted = {
+        "image_hw": (int(pixels.shape[0]), int(pixels.shape[1])),
+        "image_channels": int(pixels.shape[2]),
+        "proprio_dim": int(proprio.shape[0]),
+        "action_dim": int(act.shape[0]),
+    }
+    update = {}
+    for field, value in wanted.items():
+        current = getattr(cfg, field)
+        if current is None:
+            update[field] = value
+        elif (tuple(current) if isinstance(current, tuple | list) else current) != value:
+            raise SpaceMismatchError(
+                f"policy.{field} is {current} but env {env.spec.id if env.spec else env} "
+                f"has {value}"
+            )
+    return cfg.model_copy(update=update)
+
+
+def check_spaces(policy: Any, env: gym.Env[Any, Any]) -> None:
+    """Raise before the first step if a policy cannot act in ``env`` (RELIABILITY row 4)."""
+    pixels, proprio, act = _dict_spaces(env)
+    expected = policy.obs_spec.entries
+    env_id = env.spec.id if env.spec else type(env).__name__
+    if tuple(pixels.shape) != expected[PIXELS].shape:
+        raise SpaceMismatchError(
+            f"observation '{PIXELS}': policy expects {expected[PIXELS].shape}, "
+            f"env {env_id} gives {tuple(pixels.shape)}"
+        )
+    if tuple(proprio.shape) != expected[PROPRIO].shape:
+        raise SpaceMismatchError(
+            f"observation '{PROPRIO}': policy expects {expected[PROPRIO].shape}, "
+            f"env {env_id} gives {tuple(proprio.shape)}"
+        )
+    if act.shape[0] != policy.action_dim:
+        raise SpaceMismatchError(
+            f"action: policy outputs {policy.action_dim} values, "
+            f"env {env_id} expects {act.shape[0]}"
+        )

@@ -1,0 +1,232 @@
+"""swan train / swan eval end to end on tiny settings (real envs, real CLI)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from swan_policy.cli import main
+from swan_policy.config import load_config
+from swan_policy.policy import SwanPolicy
+from swan_policy.train import imitation
+from swan_policy.train.checkpoint import latest_checkpoint
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = str(REPO / "configs" / "reach_bc.yaml")
+
+
+def tiny(tmp: Path, *extra: str) -> list[str]:
+    sets = [
+        "env.kwargs={width: 32, height: 32}",
+        "policy.encoder.channels=[4, 4]",
+        "policy.encoder.strides=[2, 1]",
+        "policy.head.hidden=[16, 16]",
+        "policy.head.proprio_hidden=8",
+        f"demos.path={tmp / 'demos.hdf5'}",
+        "demos.episodes=3",
+        "demos.workers=1",
+        "bc.steps=6",
+        "bc.batch_size=8",
+        "bc.warmup_steps=2",
+        "dagger.rounds=1",
+        "dagger.episodes_per_round=2",
+        "dagger.steps_per_round=3",
+        "eval.episodes=2",
+        "eval.workers=1",
+        "eval.every=0",
+        "log.log_every=2",
+        "log.checkpoint_every=3",
+        *extra,
+    ]
+    return [a for s in sets for a in ("--set", s)]
+
+
+def test_train_eval_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    assert main(["train", "--config", CONFIG, *tiny(tmp_path), "--run-dir", str(run)]) == 0
+    assert (run / "config.yaml").is_file() and (run / "best" / "model.safetensors").is_file()
+    assert latest_checkpoint(run) == run / "checkpoints" / "step_9"
+    assert (run / "dagger" / "round_1.safetensors").is_file()
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    kinds = {r["kind"] for r in records}
+    assert kinds == {"train", "dagger", "eval"}
+    train_recs = [r for r in records if r["kind"] == "train"]
+    assert {"loss", "bc_loss", "active_fraction", "samples_per_s", "lr"} <= set(train_recs[0])
+    # the resolved config holds the env's dims and rebuilds the same policy
+    cfg = load_config(run / "config.yaml")
+    assert cfg.policy.image_hw == (32, 32) and cfg.policy.proprio_dim == 6
+    capsys.readouterr()
+    out_json, video = tmp_path / "eval.json", tmp_path / "ep.mp4"
+    args = ["eval", "--run", str(run), "--episodes", "2", "--budgets", "1,0.5", "--workers", "2"]
+    assert main([*args, "--json", str(out_json), "--video", str(video)]) == 0
+    result = json.loads(out_json.read_text())
+    assert [r["budget"] for r in result["results"]] == [1.0, 0.5]
+    assert all(0.0 <= r["success_rate"] <= 1.0 for r in result["results"])
+    assert result["results"][1]["macs_per_step"] < result["results"][0]["macs_per_step"]
+    assert video.stat().st_size > 0
+    assert "success" in capsys.readouterr().out
+
+
+def test_existing_run_dir_needs_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "keep.txt").write_text("x")
+    assert main(["train", "--config", CONFIG, *tiny(tmp_path), "--run-dir", str(run)]) == 2
+    assert "exists (pass --resume" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == ["keep.txt"]
+    assert not (tmp_path / "demos.hdf5").exists()  # no partial output
+    empty = tmp_path / "empty"
+    assert (
+        main(["train", "--config", CONFIG, *tiny(tmp_path), "--run-dir", str(empty), "--resume"])
+        == 2
+    )
+    assert "has no checkpoint to resume from" in capsys.readouterr().err
+
+
+def test_resume_equals_straight_run(tmp_path: Path) -> None:
+    common = tiny(tmp_path, "method=bc", "eval.at_end=false", "log.checkpoint_every=4")
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                CONFIG,
+                *common,
+                "--set",
+                "bc.steps=8",
+                "--run-dir",
+                str(straight),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    # 4 steps, then resume to 8 (the cosine schedule length is part of the config)
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                CONFIG,
+                *common,
+                "--set",
+                "bc.steps=8",
+                "--run-dir",
+                str(split),
+                "--quiet",
+                "--set",
+                "log.checkpoint_every=4",
+            ]
+        )
+        == 0
+    )
+    a = SwanPolicy.from_pretrained(straight / "checkpoints" / "step_8")
+    ckpt4 = split / "checkpoints" / "step_4"
+    (split / "checkpoints" / "last").write_text("step_4\n")
+    for p in (split / "checkpoints").glob("step_8"):
+        import shutil
+
+        shutil.rmtree(p)
+    assert ckpt4.is_dir()
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                CONFIG,
+                *common,
+                "--set",
+                "bc.steps=8",
+                "--run-dir",
+                str(split),
+                "--resume",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    b = SwanPolicy.from_pretrained(split / "checkpoints" / "step_8")
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(x, y), k
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    calls = {"n": 0}
+    real = imitation.bc_sandwich_loss
+
+    def flaky(*args: object, **kwargs: object) -> tuple[torch.Tensor, dict[str, object]]:
+        calls["n"] += 1
+        loss, info = real(*args, **kwargs)  # type: ignore[arg-type]
+        return (loss * float("nan") if calls["n"] == 5 else loss), info
+
+    monkeypatch.setattr(imitation, "bc_sandwich_loss", flaky)
+    run = tmp_path / "run"
+    code = main(
+        [
+            "train",
+            "--config",
+            CONFIG,
+            *tiny(tmp_path, "method=bc"),
+            "--run-dir",
+            str(run),
+            "--quiet",
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "loss is nan at step 4" in err and "step_3" in err
+    assert latest_checkpoint(run) == run / "checkpoints" / "step_3"
+
+
+def test_ctrl_c_checkpoints_and_resumes(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    swan = Path(sys.executable).parent / "swan"
+    args = [
+        str(swan),
+        "train",
+        "--config",
+        CONFIG,
+        *tiny(tmp_path, "method=bc", "bc.steps=100000", "log.checkpoint_every=100000"),
+        "--run-dir",
+        str(run),
+        "--quiet",
+    ]
+    proc = subprocess.Popen(
+        args, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while not (run / "metrics.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    ckpt = latest_checkpoint(run)
+    assert ckpt is not None and (ckpt / "trainer_state.json").is_file()
+    step = int(ckpt.name.split("_")[1])
+    assert step >= 2
+    code = main(
+        [
+            "train",
+            "--config",
+            CONFIG,
+            *tiny(tmp_path, "method=bc", f"bc.steps={step + 2}", "eval.at_end=false"),
+            "--run-dir",
+            str(run),
+            "--resume",
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    assert latest_checkpoint(run) == run / "checkpoints" / f"step_{step + 2}"
