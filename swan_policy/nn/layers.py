@@ -157,7 +157,10 @@ class GatedConv2d(nn.Module):
             if a.idx is not None:
                 w_gate = w_gate[:, a.idx.numpy()]
             logits = w_gate @ pooled + _np(self.gate_fc.bias)
-            out_idx = torch.from_numpy(self.gate.select(logits, budget))
+            sel = self.gate.select(logits, budget)
+            if sel.size == self.num_units:  # every unit on: no gather, no index
+                return Active(F.relu(self._conv(a.x, weight, bias)))
+            out_idx = torch.from_numpy(sel)
             y = F.relu(
                 self._conv(a.x, weight.index_select(0, out_idx), bias.index_select(0, out_idx))
             )
