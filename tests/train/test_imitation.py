@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import torch
 from swan_policy.cli import main
 from swan_policy.config import load_config
 from swan_policy.policy import SwanPolicy
+from swan_policy.serialization import load_tensors
 from swan_policy.train import imitation
 from swan_policy.train.checkpoint import latest_checkpoint
 
@@ -133,10 +135,7 @@ def test_resume_equals_straight_run(tmp_path: Path) -> None:
     a = SwanPolicy.from_pretrained(straight / "checkpoints" / "step_8")
     ckpt4 = split / "checkpoints" / "step_4"
     (split / "checkpoints" / "last").write_text("step_4\n")
-    for p in (split / "checkpoints").glob("step_8"):
-        import shutil
-
-        shutil.rmtree(p)
+    shutil.rmtree(split / "checkpoints" / "step_8")
     assert ckpt4.is_dir()
     assert (
         main(
@@ -158,6 +157,12 @@ def test_resume_equals_straight_run(tmp_path: Path) -> None:
     b = SwanPolicy.from_pretrained(split / "checkpoints" / "step_8")
     for (k, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(x, y), k
+    # optimiser moments, step counts and the RNG stream match too
+    opt_a = load_tensors(straight / "checkpoints" / "step_8" / "optimizer.safetensors")
+    opt_b = load_tensors(split / "checkpoints" / "step_8" / "optimizer.safetensors")
+    assert opt_a.keys() == opt_b.keys() and len(opt_a) > 10
+    for k in opt_a:
+        assert torch.equal(opt_a[k], opt_b[k]), k
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(
@@ -230,3 +235,94 @@ def test_ctrl_c_checkpoints_and_resumes(tmp_path: Path) -> None:
     )
     assert code == 0
     assert latest_checkpoint(run) == run / "checkpoints" / f"step_{step + 2}"
+
+
+def test_cli_subprocess_demos_train_resume_eval(tmp_path: Path) -> None:
+    swan = str(Path(sys.executable).parent / "swan")
+    demos = tmp_path / "demos.hdf5"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [swan, *args], capture_output=True, text=True, timeout=300, check=False
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc
+
+    run(
+        "demos",
+        "--task",
+        "swan_envs/Reach-v0",
+        "--episodes",
+        "3",
+        "--workers",
+        "1",
+        "--out",
+        str(demos),
+        "--env-kwarg",
+        "width=32",
+        "--env-kwarg",
+        "height=32",
+    )
+    common = tiny(tmp_path, "method=bc", "eval.at_end=false")
+    out = tmp_path / "run"
+    run("train", "--config", CONFIG, *common, "--run-dir", str(out), "--quiet")
+    assert latest_checkpoint(out) == out / "checkpoints" / "step_6"
+    run(
+        "train",
+        "--config",
+        CONFIG,
+        *common,
+        "--set",
+        "bc.steps=8",
+        "--run-dir",
+        str(out),
+        "--resume",
+        "--quiet",
+    )
+    assert latest_checkpoint(out) == out / "checkpoints" / "step_8"
+    proc = run(
+        "eval",
+        "--run",
+        str(out),
+        "--checkpoint",
+        "last",
+        "--episodes",
+        "1",
+        "--budgets",
+        "0.5",
+        "--workers",
+        "1",
+    )
+    assert "0.5" in proc.stdout
+
+
+def test_same_seed_same_losses_different_seed_differs(tmp_path: Path) -> None:
+    def losses(name: str, seed: int) -> list[float]:
+        run = tmp_path / name
+        args = tiny(tmp_path, "method=bc", "eval.at_end=false", f"seed={seed}", "log.log_every=1")
+        assert main(["train", "--config", CONFIG, *args, "--run-dir", str(run), "--quiet"]) == 0
+        recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        return [r["loss"] for r in recs if r["kind"] == "train"]
+
+    a, b, c = losses("a", 0), losses("b", 0), losses("c", 1)
+    assert a == b and len(a) == 6
+    assert a != c
+
+
+def test_eval_on_env_with_other_spaces_fails_before_first_step(tmp_path: Path) -> None:
+    from swan_policy.config import EnvConfig
+    from swan_policy.envs import SpaceMismatchError
+    from swan_policy.evaluate import evaluate_policy
+    from tests.conftest import tiny_config
+
+    policy = SwanPolicy(tiny_config(image_hw=(32, 32), proprio_dim=6))
+    env = EnvConfig(id="swan_envs/Reach-v0", kwargs={"width": 64, "height": 64})
+    with pytest.raises(
+        SpaceMismatchError,
+        match=r"'pixels': policy expects \(32, 32, 3\), "
+        r"env swan_envs/Reach-v0 gives \(64, 64, 3\)",
+    ):
+        evaluate_policy(policy, env, 1, [1.0])
+    env2 = EnvConfig(id="swan_envs/Push-v0", kwargs={"width": 32, "height": 32})
+    with pytest.raises(SpaceMismatchError, match=r"'proprio': policy expects \(6,\)"):
+        evaluate_policy(policy, env2, 1, [1.0])

@@ -1,0 +1,108 @@
+"""Imitation results over seeds: train a config with several seeds, evaluate each budget.
+
+For each seed, runs ``swan train`` (BC + DAgger as the config says) into
+``<out>/<config>-seed<k>`` and evaluates the final/best policy on the same evaluation
+episodes at each budget; reports success rate, return and MACs per step as mean ± std
+over seeds, as a rich table and JSON.
+
+    python scripts/bench_imitation.py --config configs/reach_bc.yaml --seeds 0 1 2 --episodes 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from swan_policy.cli import load_run_policy
+from swan_policy.config import load_config
+from swan_policy.evaluate import evaluate_policy
+from swan_policy.train.imitation import train
+
+
+def mean_std(xs: list[float]) -> tuple[float, float]:
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--episodes", type=int, default=50)
+    parser.add_argument("--budgets", type=float, nargs="+", default=[1.0, 0.5, 0.25])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--out", type=Path, default=Path("runs/bench_imitation"))
+    parser.add_argument("--fresh", action="store_true", help="Retrain seeds already done.")
+    args = parser.parse_args()
+    console = Console()
+    per_seed = []
+    for seed in args.seeds:
+        cfg = load_config(args.config, [*args.overrides, f"seed={seed}"])
+        run = args.out / f"{args.config.stem}-seed{seed}"
+        if args.fresh and run.exists():
+            shutil.rmtree(run)
+        t0 = time.perf_counter()
+        if not (run / "best").is_dir():
+            if run.exists():
+                shutil.rmtree(run)
+            train(cfg, run, show=True)
+        minutes = (time.perf_counter() - t0) / 60
+        policy = load_run_policy(run, "best")
+        results = evaluate_policy(
+            policy, cfg.env, args.episodes, args.budgets, args.workers, cfg.eval.seed
+        )
+        per_seed.append(
+            {
+                "seed": seed,
+                "run": str(run),
+                "train_minutes": minutes,
+                "results": [r.to_json() for r in results],
+                "dense_macs": policy.dense_macs(),
+            }
+        )
+        line = ", ".join(f"b={r.budget:g}: {r.success_rate:.0%}" for r in results)
+        console.print(f"seed {seed}: {line} ({minutes:.1f} min)")
+    cfg = load_config(args.config, args.overrides)
+    table = Table(title=f"{cfg.env.id}: {len(args.seeds)} seeds x {args.episodes} episodes")
+    for col in ("budget", "success (mean ± std)", "return", "MMACs/step", "of dense"):
+        table.add_column(col, justify="right")
+    summary = []
+    for i, b in enumerate(args.budgets):
+        succ = mean_std([s["results"][i]["success_rate"] for s in per_seed])
+        ret = mean_std([s["results"][i]["return_mean"] for s in per_seed])
+        macs = mean_std([s["results"][i]["macs_per_step"] for s in per_seed])
+        dense = per_seed[0]["dense_macs"]
+        summary.append({"budget": b, "success": succ, "return": ret, "macs": macs})
+        table.add_row(
+            f"{b:g}",
+            f"{succ[0]:.1%} ± {succ[1]:.1%}",
+            f"{ret[0]:.2f} ± {ret[1]:.2f}",
+            f"{macs[0] / 1e6:.2f}",
+            f"{macs[0] / dense:.0%}",
+        )
+    console.print(table)
+    out = args.out / f"{args.config.stem}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        json.dumps(
+            {
+                "config": str(args.config),
+                "overrides": args.overrides,
+                "summary": summary,
+                "seeds": per_seed,
+            },
+            indent=2,
+        )
+    )
+    console.print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
