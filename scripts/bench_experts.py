@@ -7,9 +7,8 @@ Episode ``i`` of every row uses ``reset(seed=seed + i)``. Success is ``info["is_
 the episode's last step. "env steps/s" times ``env.step`` alone (physics + 64x64 render, one
 process); "loop steps/s" includes the expert and resets.
 
-``--collect-episodes N`` also times ``swan_policy.data.demos.collect_demos`` on each task with
-1 and 2 workers (N episodes, files in a temp folder): wall seconds including worker start-up,
-and env steps/s once the workers run.
+Rendering throughput against Reacher-v5 and demo-collection speed (1 vs 2 workers) are measured
+by ``scripts/bench_envs.py``.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -75,27 +73,6 @@ def bench(
     }
 
 
-def bench_collection(env_id: str, episodes: int, size: int) -> dict[str, Any]:
-    """Time demo collection with 1 and 2 workers."""
-    from swan_policy.data.demos import collect_demos
-
-    row: dict[str, Any] = {"env_id": env_id, "episodes": episodes}
-    with tempfile.TemporaryDirectory() as tmp:
-        for workers in (1, 2):
-            stats = collect_demos(
-                env_id,
-                episodes,
-                Path(tmp) / f"w{workers}.hdf5",
-                workers=workers,
-                env_kwargs={"width": size, "height": size},
-                progress=False,
-            )
-            row[f"seconds_w{workers}"] = stats.seconds
-            row[f"steps_per_s_w{workers}"] = stats.steps_per_second
-    row["speedup"] = row["steps_per_s_w2"] / row["steps_per_s_w1"]
-    return row
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, default=100)
@@ -103,7 +80,6 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="image width = height")
     parser.add_argument("--envs", nargs="*", default=list(swan_envs.ENV_IDS))
     parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
-    parser.add_argument("--collect-episodes", type=int, default=0, help="also time collect_demos")
     args = parser.parse_args()
 
     rows = []
@@ -137,30 +113,6 @@ def main() -> None:
         )
     console = Console(width=150)
     console.print(table)
-    collection = []
-    if args.collect_episodes > 0:
-        tasks = [e for e in args.envs if e not in PIXEL_IDS]
-        collection = [bench_collection(e, args.collect_episodes, args.size) for e in tasks]
-        table = Table(title=f"collect_demos, {args.collect_episodes} episodes per run")
-        for column in (
-            "env",
-            "wall s (1 worker)",
-            "wall s (2 workers)",
-            "steps/s (1)",
-            "steps/s (2)",
-            "speed-up",
-        ):
-            table.add_column(column, justify="left" if column == "env" else "right")
-        for row in collection:
-            table.add_row(
-                row["env_id"],
-                f"{row['seconds_w1']:.1f}",
-                f"{row['seconds_w2']:.1f}",
-                f"{row['steps_per_s_w1']:.0f}",
-                f"{row['steps_per_s_w2']:.0f}",
-                f"{row['speedup']:.2f}x",
-            )
-        console.print(table)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         meta = {
@@ -170,9 +122,7 @@ def main() -> None:
             "machine": platform.platform(),
             "processor": platform.processor(),
         }
-        args.out.write_text(
-            json.dumps({"meta": meta, "rows": rows, "collection": collection}, indent=2)
-        )
+        args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -12,28 +12,38 @@ File layout (DESIGN.md section 8; the robomimic convention, so robomimic users c
       demo_1/ ...
 
 ``collect_demos`` runs the scripted expert inside each environment worker (it needs the
-simulator state, which never crosses a process boundary) and writes the file atomically: a
-temp file in the same folder, fsync, then ``os.replace``. ``validate_demo_file`` and
+simulator state, which never crosses a process boundary); workers are fresh interpreters
+(never forked from a parent that may hold torch or GL contexts) fed episode indices, and the
+parent writes each finished episode as it arrives. The file is written atomically: a temp
+file in the same folder, fsync, then ``os.replace``. ``validate_demo_file`` and
 ``load_demos`` check everything a training run relies on and raise ``DemoFileError`` naming
-the path and the problem (the checks live in ``_demo_format.py``). Nothing is unpickled.
+the path and the problem (the checks live in ``_demo_format.py``). Nothing read from a file
+is unpickled (pickle only carries episodes from our own workers over a private socket pair).
 
-This module imports numpy, h5py, gymnasium, stable-baselines3's vec envs and rich, not torch.
+This module imports numpy, h5py, gymnasium and rich, never torch; worker processes import only
+``_demo_worker`` and the env's packages.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
-import functools
 import json
 import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from multiprocessing import connection as mp_connection
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import h5py
 import numpy as np
 
@@ -43,10 +53,15 @@ from swan_policy.data._demo_format import (
     DemoFileInfo,
     read_demo_file,
 )
+from swan_policy.data._demo_worker import (
+    WORKER_CODE,
+    WORKER_ENV_DEFAULTS,
+    ExpertFactory,
+    make_env_and_expert,
+    play_episode,
+)
 
 GYM_ENV_TYPE = 2  # robomimic's EnvType.GYM_TYPE
-
-ExpertFactory = Callable[[gym.Env[Any, Any]], Callable[[Any], np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -107,83 +122,6 @@ class DemoDataset:
 # ---- collection ---------------------------------------------------------------------------------
 
 
-class DemoWorker(gym.Wrapper[Any, Any, Any, Any]):
-    """Plays whole expert episodes inside the env's own process (the expert reads the sim).
-
-    Worker ``rank`` of ``workers`` plays episodes ``rank, rank + workers, ...``; episode ``i``
-    is reset with seed ``seed + i``, so each episode's content depends on its index only, not
-    on the number of workers. Only finished episodes (numpy arrays) leave the process.
-    """
-
-    def __init__(
-        self,
-        env: gym.Env[Any, Any],
-        expert_factory: ExpertFactory,
-        seed: int,
-        rank: int,
-        workers: int,
-        max_steps: int = 10_000,
-    ) -> None:
-        super().__init__(env)
-        self.expert = expert_factory(env)
-        self._seed, self._workers, self._max_steps = seed, workers, max_steps
-        self._next_index = rank
-
-    def play(self, count: int) -> list[dict[str, Any]]:
-        """Play the next ``count`` episodes of this worker's schedule.
-
-        Returns one dict per episode (``index``, ``obs``, ``actions``, ``rewards``,
-        ``success``), or a single ``{"error": traceback}`` if the env or expert failed.
-        """
-        try:
-            return [self._play_one() for _ in range(count)]
-        except Exception:  # reported by the parent, with this worker's traceback
-            return [{"error": traceback.format_exc()}]
-
-    def _play_one(self) -> dict[str, Any]:
-        index, self._next_index = self._next_index, self._next_index + self._workers
-        obs, info = self.env.reset(seed=self._seed + index)
-        frames: dict[str, list[np.ndarray]] = {key: [] for key in obs}
-        actions: list[np.ndarray] = []
-        rewards: list[float] = []
-        done = False
-        while not done and len(actions) < self._max_steps:
-            action = np.asarray(self.expert(obs), dtype=np.float32)
-            for key, value in obs.items():
-                frames[key].append(np.array(value))
-            actions.append(action)
-            obs, reward, terminated, truncated, info = self.env.step(action)
-            rewards.append(float(reward))
-            done = terminated or truncated
-        return {
-            "index": index,
-            "obs": {key: np.stack(values) for key, values in frames.items()},
-            "actions": np.stack(actions),
-            "rewards": np.asarray(rewards, dtype=np.float32),
-            "success": bool(info.get("is_success", False)),
-        }
-
-
-def _default_expert_factory(env: gym.Env[Any, Any]) -> Callable[[Any], np.ndarray]:
-    from swan_envs.experts import make_expert
-
-    return make_expert(env)
-
-
-def _make_worker(
-    env_id: str,
-    env_kwargs: dict[str, Any],
-    expert_factory: ExpertFactory | None,
-    seed: int,
-    rank: int,
-    workers: int,
-) -> DemoWorker:
-    if env_id.startswith("swan_envs/"):
-        import swan_envs  # noqa: F401  (registers the ids in this process)
-    env = gym.make(env_id, **env_kwargs)
-    return DemoWorker(env, expert_factory or _default_expert_factory, seed, rank, workers)
-
-
 def _write_episode(group: h5py.Group, episode: dict[str, Any], seed: int) -> None:
     """Write one finished episode as a demo group (robomimic layout)."""
     n = int(episode["actions"].shape[0])
@@ -202,11 +140,52 @@ def _write_episode(group: h5py.Group, episode: dict[str, Any], seed: int) -> Non
     group.attrs["seed"] = int(seed)
 
 
-class _Workers:
-    """``workers`` DemoWorkers: in this process for one, else in SB3's ``SubprocVecEnv``.
+class _LocalWorker:
+    """One worker, in this process: no child process, no start-up cost (and no torch)."""
 
-    ``env_method`` sends to every worker before it waits for any, so they play in parallel;
-    only whole episodes cross the pipe (no per-step round trips).
+    capacity = 1
+
+    def __init__(
+        self,
+        env_id: str,
+        env_kwargs: dict[str, Any],
+        expert_factory: ExpertFactory | None,
+        seed: int,
+    ) -> None:
+        self.env, self.expert = make_env_and_expert(env_id, env_kwargs, expert_factory)
+        self.seed = seed
+        self.queue: collections.deque[int] = collections.deque()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.queue)
+
+    def submit(self, index: int) -> None:
+        self.queue.append(index)
+
+    def wait(self) -> list[dict[str, Any]]:
+        index = self.queue.popleft()
+        try:
+            return [play_episode(self.env, self.expert, index, self.seed)]
+        except Exception as err:
+            raise RuntimeError(
+                f"the demo worker failed in episode {index}:\n{traceback.format_exc()}"
+            ) from err
+
+    def close(self, abort: bool = False) -> None:
+        self.env.close()
+
+
+class _ProcessWorkers:
+    """``workers`` worker processes, each with its own env and expert, fed episode indices.
+
+    Each worker is a fresh interpreter (``subprocess`` + ``python -c``: the isolation of
+    multiprocessing's ``spawn``, without importing the parent's ``__main__``), so it is safe
+    whatever the parent holds (torch, GL contexts, threads) and quick to start: it imports only
+    ``_demo_worker`` and what making the env needs, never torch. A socket pair per worker
+    carries indices down and whole episodes up (no per-step round trips). Up to ``depth``
+    indices are queued per worker, so a worker that finishes an episode starts the next one
+    without waiting for the parent.
     """
 
     def __init__(
@@ -216,61 +195,144 @@ class _Workers:
         expert_factory: ExpertFactory | None,
         seed: int,
         workers: int,
+        depth: int = 2,
     ) -> None:
-        self.local: DemoWorker | None = None
-        self.vec: Any = None
-        if workers == 1:
-            # In-process: no stable-baselines3 import (and so no torch) for one worker.
-            self.local = _make_worker(env_id, env_kwargs, expert_factory, seed, 0, 1)
-            return
-        from stable_baselines3.common.vec_env import SubprocVecEnv
+        config = {
+            "env_id": env_id,
+            "env_kwargs": env_kwargs,
+            "expert_factory": expert_factory,
+            "seed": seed,
+        }
+        try:
+            payload = pickle.dumps(config)
+        except Exception as err:
+            raise ValueError(
+                f"workers > 1 sends env_kwargs and expert_factory to the worker processes, "
+                f"so they must be picklable (a module-level function, not a lambda): {err}"
+            ) from err
+        self.capacity = workers * depth
+        self.depth = depth
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.conns: list[mp_connection.Connection] = []
+        self.outstanding: list[int] = []
+        env = {**WORKER_ENV_DEFAULTS, **os.environ}
+        path = json.dumps([str(p) or os.getcwd() for p in sys.path])
+        try:
+            for _ in range(workers):
+                parent_end, child_end = socket.socketpair()
+                with parent_end, child_end:
+                    fd = child_end.fileno()
+                    process = subprocess.Popen(  # noqa: S603 (our own interpreter and code)
+                        [sys.executable, "-c", WORKER_CODE, path, str(fd)],
+                        pass_fds=(fd,),
+                        env=env,
+                        stdin=subprocess.DEVNULL,
+                    )
+                    self.processes.append(process)
+                    self.conns.append(mp_connection.Connection(parent_end.detach()))
+                self.outstanding.append(0)
+                self.conns[-1].send_bytes(payload)
+            for rank in range(workers):  # both start at once; wait until each env is made
+                self._receive(rank, expect="ready")
+        except BaseException:
+            self.close(abort=True)
+            raise
 
-        fns: list[Callable[[], gym.Env[Any, Any]]] = [
-            functools.partial(_make_worker, env_id, env_kwargs, expert_factory, seed, rank, workers)
-            for rank in range(workers)
-        ]
-        self.vec = SubprocVecEnv(fns)
+    @property
+    def in_flight(self) -> int:
+        return sum(self.outstanding)
 
-    def play(self, count: int) -> list[dict[str, Any]]:
-        if self.local is not None:
-            batches = [self.local.play(count)]
-        else:
-            try:
-                batches = self.vec.env_method("play", count)
-            except (EOFError, ConnectionError) as err:
-                raise RuntimeError(f"a demo worker process died: {err!r}") from err
-        episodes = [episode for batch in batches for episode in batch]
-        for episode in episodes:
-            if "error" in episode:
-                raise RuntimeError(f"a demo worker failed:\n{episode['error']}")
+    def submit(self, index: int) -> None:
+        rank = min(range(len(self.conns)), key=self.outstanding.__getitem__)
+        if self.outstanding[rank] >= self.depth:
+            raise RuntimeError("every demo worker already has a full queue")  # a bug here
+        self.conns[rank].send(index)
+        self.outstanding[rank] += 1
+
+    def wait(self, timeout: float = 0.2) -> list[dict[str, Any]]:
+        """Every episode that is back, after waiting up to ``timeout`` s for one (maybe none)."""
+        busy = [rank for rank, n in enumerate(self.outstanding) if n > 0]
+        ready = mp_connection.wait([self.conns[rank] for rank in busy], timeout)
+        episodes = []
+        for rank in busy:
+            if self.conns[rank] in ready:
+                episodes.append(self._receive(rank, expect="episode"))
+                self.outstanding[rank] -= 1
         return episodes
 
-    def close(self, abort: bool = False) -> None:
-        if self.local is not None:
-            self.local.close()
-        elif self.vec is not None:
-            _close_vec_env(self.vec, abort)
-
-
-def _close_vec_env(vec: Any, abort: bool) -> None:
-    """Close the worker processes (started here, so ending them is ours to do).
-
-    On an error or Ctrl-C a worker may still be playing, or blocked sending episodes nobody
-    will read: stop them rather than wait for a graceful close that may never come.
-    """
-    if not abort:
+    def _receive(self, rank: int, expect: str) -> Any:
         try:
-            vec.close()
-            return
-        except (EOFError, OSError):
-            pass  # already gone (e.g. killed): fall through and clean up
-    for process in vec.processes:
-        if process.is_alive():
-            process.terminate()
-        process.join(timeout=5)
-    for remote in vec.remotes:
-        remote.close()
-    vec.closed = True
+            kind, payload = self.conns[rank].recv()
+        except (EOFError, OSError) as err:
+            process = self.processes[rank]
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=5)
+            raise RuntimeError(
+                f"demo worker {rank} (pid {process.pid}) died (exit code {process.returncode}); "
+                "its stderr is above"
+            ) from err
+        if kind == "error":
+            raise RuntimeError(f"demo worker {rank} failed:\n{payload}")
+        if kind != expect:
+            raise RuntimeError(f"demo worker {rank} sent {kind!r}, expected {expect!r}")
+        return payload
+
+    def close(self, abort: bool = False) -> None:
+        """End the worker processes (started here, so ending them is ours to do).
+
+        A worker still playing (an error, Ctrl-C, or extra episodes no longer needed) is
+        terminated rather than waited for; an idle one is told to stop.
+        """
+        for rank, process in enumerate(self.processes):
+            conn = self.conns[rank] if rank < len(self.conns) else None
+            idle = not abort and conn is not None and self.outstanding[rank] == 0
+            if idle and conn is not None:
+                with contextlib.suppress(OSError):
+                    conn.send(None)
+            if conn is not None:
+                conn.close()
+            if not idle and process.poll() is None:
+                process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@contextlib.contextmanager
+def _deferred_interrupt() -> Iterator[Callable[[], None]]:
+    """Turn Ctrl-C into a ``KeyboardInterrupt`` raised by ``check()``, at a point of our choosing.
+
+    Python runs a signal handler between any two bytecodes, also inside weakref callbacks and
+    ``__del__`` methods (h5py runs many), where a ``KeyboardInterrupt`` is only printed as
+    "Exception ignored" and the collection would go on. So the first Ctrl-C sets a flag that
+    the loop checks after every episode (the wait for workers wakes up to check it); a second
+    Ctrl-C raises at once. Off the main thread, or with a SIGINT handler of the caller's own,
+    nothing changes.
+    """
+    main = threading.current_thread() is threading.main_thread()
+    if not main or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield lambda: None
+        return
+    hits: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        hits.append(signum)
+        if len(hits) > 1:
+            raise KeyboardInterrupt
+
+    def check() -> None:
+        if hits:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield check
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    check()  # a Ctrl-C after the last check: the file is complete, but the caller asked to stop
 
 
 @contextlib.contextmanager
@@ -346,24 +408,31 @@ def collect_demos(
         env_id: a gymnasium id, e.g. ``"swan_envs/Reach-v0"``.
         episodes: number of demos to write (>= 1).
         out: the HDF5 file to create.
-        workers: parallel environments; > 1 uses SB3's ``SubprocVecEnv`` (1 runs in-process).
+        workers: parallel environments; > 1 starts that many worker processes (fresh
+            interpreters that never import torch); 1 runs in this process.
         seed: seed of episode 0.
         env_kwargs: passed to ``gymnasium.make`` (e.g. ``{"variation": "hard"}``).
         progress: show a rich progress bar on stderr.
         only_success: keep only successful episodes (the first ``episodes`` by index); by
             default every episode is kept and its ``success`` attribute says how it ended.
         overwrite: replace ``out`` if it exists (else ``FileExistsError``).
-        expert_factory: ``env -> expert`` (default ``swan_envs.experts.make_expert``); it must
-            be picklable when ``workers > 1``.
+        expert_factory: ``env -> expert`` (default ``swan_envs.experts.make_expert``); with
+            ``workers > 1`` it must be picklable (a module-level function of an importable
+            module: the workers import it).
 
     Returns:
         A :class:`DemoStats`.
 
+    Ctrl-C (``KeyboardInterrupt``) or any error ends the workers and leaves no file; the
+    workers ignore SIGINT, this process handles it.
+
     Raises:
-        ValueError: ``episodes`` or ``workers`` < 1.
+        ValueError: ``episodes`` or ``workers`` < 1; with ``workers > 1``, ``env_kwargs`` or
+            ``expert_factory`` cannot be pickled.
         FileExistsError: ``out`` exists and ``overwrite`` is False.
         RuntimeError: with ``only_success``, the expert failed too often (20x ``episodes``
-            attempts did not give enough successes).
+            attempts did not give enough successes); the env or expert failed (the message
+            holds the worker's traceback), or a worker process died.
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
@@ -376,51 +445,62 @@ def collect_demos(
     kwargs = dict(env_kwargs or {})
     env_args = {"env_name": env_id, "type": GYM_ENV_TYPE, "env_kwargs": kwargs}
     # Without only_success, episodes 0..N-1 always settle; with it, give up at some point.
-    max_attempts = 20 * episodes + workers if only_success else None
+    max_attempts = 20 * episodes + workers
 
     start = time.perf_counter()
     selection = _Selection(episodes, only_success)
     returns: dict[int, float] = {}
     lengths: dict[int, int] = {}
-    pool = _Workers(env_id, kwargs, expert_factory, seed, workers)
-    completed = False
-    try:
-        with _atomic_h5(out) as handle, _progress_bar(progress, env_id, episodes) as bar:
-            staging = handle.create_group("staging")
-            stepping_since = time.perf_counter()  # steps/s excludes worker start-up
-            env_steps = 0
-            while (chosen := selection.chosen()) is None:
-                if max_attempts is not None and len(selection.finished) >= max_attempts:
-                    n_ok = sum(selection.finished.values())
-                    raise RuntimeError(
-                        f"the expert succeeded in {n_ok} of {len(selection.finished)} episodes "
-                        f"of {env_id}; {episodes} successful demos were asked for"
-                    )
-                # A few episodes per worker per round: fewer round trips, and uneven episode
-                # lengths average out; near the end, just what is still missing.
-                have = sum(selection.finished.values()) if only_success else len(selection.finished)
-                missing = max(episodes - have, 1)
-                for episode in pool.play(min(4, -(-missing // workers))):
-                    index, success = int(episode["index"]), bool(episode["success"])
-                    env_steps += int(episode["actions"].shape[0])
-                    selection.finished[index] = success
-                    if selection.wanted(index, success):
-                        _write_episode(staging.create_group(str(index)), episode, seed + index)
-                        returns[index] = float(np.sum(episode["rewards"]))
-                        lengths[index] = int(episode["actions"].shape[0])
-                bar(selection)
-            stepping_seconds = time.perf_counter() - stepping_since
-            data = handle.create_group("data")
-            for demo_id, index in enumerate(chosen):
-                handle.move(f"staging/{index}", f"data/demo_{demo_id}")
-            del handle["staging"]  # episodes written but not chosen (only_success extras)
-            total = int(sum(lengths[i] for i in chosen))
-            data.attrs["env_args"] = json.dumps(env_args)
-            data.attrs["total"] = total
-            data.attrs["swan_format_version"] = SWAN_FORMAT_VERSION
-        completed = True
-    finally:
-        pool.close(abort=not completed)
+    with _deferred_interrupt() as check_interrupt:
+        pool: _LocalWorker | _ProcessWorkers
+        if workers == 1:
+            pool = _LocalWorker(env_id, kwargs, expert_factory, seed)
+        else:
+            pool = _ProcessWorkers(env_id, kwargs, expert_factory, seed, workers)
+        completed = False
+        try:
+            with _atomic_h5(out) as handle, _progress_bar(progress, env_id, episodes) as bar:
+                staging = handle.create_group("staging")
+                stepping_since = time.perf_counter()  # steps/s excludes worker start-up
+                env_steps = 0
+                next_index = 0  # handed out in index order, to whichever worker has room
+                while (chosen := selection.chosen()) is None:
+                    check_interrupt()
+                    # Keep every worker's queue full: it plays on while this process writes.
+                    while pool.in_flight < pool.capacity and (
+                        next_index < max_attempts if only_success else next_index < episodes
+                    ):
+                        pool.submit(next_index)
+                        next_index += 1
+                    if pool.in_flight == 0:  # only_success, and every allowed attempt is done
+                        n_ok = sum(selection.finished.values())
+                        raise RuntimeError(
+                            f"the expert succeeded in {n_ok} of {len(selection.finished)} "
+                            f"episodes of {env_id}; {episodes} successful demos were asked for"
+                        )
+                    for episode in pool.wait():  # written as they arrive, in any order
+                        index, success = int(episode["index"]), bool(episode["success"])
+                        env_steps += int(episode["actions"].shape[0])
+                        selection.finished[index] = success
+                        if selection.wanted(index, success):
+                            group = staging.create_group(str(index))
+                            _write_episode(group, episode, seed + index)
+                            returns[index] = float(np.sum(episode["rewards"]))
+                            lengths[index] = int(episode["actions"].shape[0])
+                        bar(selection)
+                stepping_seconds = time.perf_counter() - stepping_since
+                data = handle.create_group("data")
+                for demo_id, index in enumerate(chosen):
+                    handle.move(f"staging/{index}", f"data/demo_{demo_id}")
+                del handle["staging"]  # episodes written but not chosen (only_success extras)
+                total = int(sum(lengths[i] for i in chosen))
+                data.attrs["env_args"] = json.dumps(env_args)
+                data.attrs["total"] = total
+                data.attrs["swan_format_version"] = SWAN_FORMAT_VERSION
+                check_interrupt()  # the last moment a Ctrl-C still prevents the file
+            completed = True
+        finally:
+            pool.close(abort=not completed)
     seconds = time.perf_counter() - start
     return DemoStats(
         path=out,
@@ -509,7 +589,6 @@ __all__ = [
     "DemoFileError",
     "DemoFileInfo",
     "DemoStats",
-    "DemoWorker",
     "collect_demos",
     "load_demos",
     "validate_demo_file",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -55,10 +56,28 @@ def test_collect_round_trip_and_layout(tmp_path: Path) -> None:
     assert first["actions"].shape[0] == dataset.episode_lengths[1]
 
 
+def _torch_free_expert(env: gym.Env[Any, Any]) -> Any:
+    """The default expert, after checking that this (worker) process never imported torch."""
+    assert "torch" not in sys.modules, "a demo worker imported torch"
+    from swan_envs.experts import make_expert
+
+    return make_expert(env)
+
+
 def test_two_workers_write_the_same_demos_as_one(tmp_path: Path) -> None:
     one, two = tmp_path / "one.hdf5", tmp_path / "two.hdf5"
     collect_demos("swan_envs/Push-v0", 3, one, workers=1, seed=7, env_kwargs=SMALL, progress=False)
-    collect_demos("swan_envs/Push-v0", 3, two, workers=2, seed=7, env_kwargs=SMALL, progress=True)
+    # The factory runs in the worker processes: it proves they import no torch.
+    collect_demos(
+        "swan_envs/Push-v0",
+        3,
+        two,
+        workers=2,
+        seed=7,
+        env_kwargs=SMALL,
+        progress=True,
+        expert_factory=_torch_free_expert,
+    )
     a, b = load_demos(one), load_demos(two)
     assert np.array_equal(a.episode_lengths, b.episode_lengths)
     assert np.array_equal(a.obs["pixels"], b.obs["pixels"])
@@ -111,6 +130,70 @@ def test_interrupted_collection_leaves_no_file(
     with pytest.raises(KeyboardInterrupt):
         collect_demos("swan_envs/Reach-v0", 4, out, env_kwargs=SMALL, progress=False)
     assert _files(tmp_path) == []
+
+
+def _broken_expert(env: gym.Env[Any, Any]) -> Any:
+    def act(obs: Any) -> np.ndarray:
+        raise ValueError("the expert broke on purpose")
+
+    return act
+
+
+def test_worker_error_is_reported_with_its_traceback(tmp_path: Path) -> None:
+    out = tmp_path / "broken.hdf5"
+    with pytest.raises(RuntimeError, match=r"demo worker \d failed:\n") as err:
+        collect_demos(
+            "swan_envs/Reach-v0",
+            4,
+            out,
+            workers=2,
+            env_kwargs=SMALL,
+            progress=False,
+            expert_factory=_broken_expert,
+        )
+    assert "Traceback" in str(err.value) and "in act" in str(err.value)
+    assert "ValueError: the expert broke on purpose" in str(err.value)
+    assert _files(tmp_path) == []
+
+
+def test_unpicklable_expert_factory_is_refused_before_any_worker_starts(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="must be picklable"):
+        collect_demos(
+            "swan_envs/Reach-v0",
+            2,
+            tmp_path / "x.hdf5",
+            workers=2,
+            progress=False,
+            expert_factory=lambda env: _idle_expert(env),
+        )
+    assert _files(tmp_path) == []
+
+
+def test_interrupt_with_workers_ends_them_and_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_write, real_close = demos._write_episode, demos._ProcessWorkers.close
+    calls: list[int] = []
+    processes: list[Any] = []
+
+    def write_then_interrupt(*args: Any) -> None:
+        calls.append(1)
+        if len(calls) == 2:  # a real Ctrl-C (SIGINT) while the workers are busy
+            signal.raise_signal(signal.SIGINT)
+        real_write(*args)
+
+    def spy_close(self: Any, abort: bool = False) -> None:
+        processes.extend(self.processes)
+        real_close(self, abort)
+
+    monkeypatch.setattr(demos, "_write_episode", write_then_interrupt)
+    monkeypatch.setattr(demos._ProcessWorkers, "close", spy_close)
+    with pytest.raises(KeyboardInterrupt):
+        collect_demos("swan_envs/Reach-v0", 20, tmp_path / "cut.hdf5", workers=2, progress=False)
+    assert _files(tmp_path) == []
+    assert len(processes) == 2 and all(p.poll() is not None for p in processes)
+    assert len(calls) == 2  # the collection stopped right after the Ctrl-C
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
 
 def test_refuses_to_overwrite_unless_asked(tmp_path: Path) -> None:
