@@ -94,66 +94,21 @@ def test_existing_run_dir_needs_resume(tmp_path: Path, capsys: pytest.CaptureFix
     assert "has no checkpoint to resume from" in capsys.readouterr().err
 
 
+def _train(*args: str) -> None:
+    assert main(["train", "--config", CONFIG, *args, "--quiet"]) == 0
+
+
 def test_resume_equals_straight_run(tmp_path: Path) -> None:
     common = tiny(tmp_path, "method=bc", "eval.at_end=false", "log.checkpoint_every=4")
+    common += ["--set", "bc.steps=8"]  # the cosine schedule's length is part of the config
     straight, split = tmp_path / "straight", tmp_path / "split"
-    assert (
-        main(
-            [
-                "train",
-                "--config",
-                CONFIG,
-                *common,
-                "--set",
-                "bc.steps=8",
-                "--run-dir",
-                str(straight),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
-    # 4 steps, then resume to 8 (the cosine schedule length is part of the config)
-    assert (
-        main(
-            [
-                "train",
-                "--config",
-                CONFIG,
-                *common,
-                "--set",
-                "bc.steps=8",
-                "--run-dir",
-                str(split),
-                "--quiet",
-                "--set",
-                "log.checkpoint_every=4",
-            ]
-        )
-        == 0
-    )
-    a = SwanPolicy.from_pretrained(straight / "checkpoints" / "step_8")
-    ckpt4 = split / "checkpoints" / "step_4"
+    _train(*common, "--run-dir", str(straight))
+    # the split run: roll back to its step-4 checkpoint, then resume to step 8
+    _train(*common, "--run-dir", str(split))
     (split / "checkpoints" / "last").write_text("step_4\n")
     shutil.rmtree(split / "checkpoints" / "step_8")
-    assert ckpt4.is_dir()
-    assert (
-        main(
-            [
-                "train",
-                "--config",
-                CONFIG,
-                *common,
-                "--set",
-                "bc.steps=8",
-                "--run-dir",
-                str(split),
-                "--resume",
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    _train(*common, "--run-dir", str(split), "--resume")
+    a = SwanPolicy.from_pretrained(straight / "checkpoints" / "step_8")
     b = SwanPolicy.from_pretrained(split / "checkpoints" / "step_8")
     for (k, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(x, y), k
