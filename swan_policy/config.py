@@ -129,9 +129,18 @@ class BCConfig(StrictModel):
     sandwich: bool = Field(True, description="Train b=1, b_min and random budgets each step.")
     b_min: float = Field(0.25, gt=0, le=1, description="Smallest budget of the sandwich.")
     n_random_budgets: int = Field(1, ge=0, description="Random budgets per step.")
+    budget_levels: list[float] = Field(
+        [], description="Draw the random budgets from these levels (empty: uniform)."
+    )
     distill_weight: float = Field(
         0.5, ge=0, le=1, description="Weight of distillation from b=1 for lower budgets."
     )
+
+    @model_validator(mode="after")
+    def _check_levels(self) -> BCConfig:
+        if any(not self.b_min <= b <= 1 for b in self.budget_levels):
+            raise ValueError(f"budget_levels must lie in [b_min, 1], got {self.budget_levels}")
+        return self
 
 
 class DaggerConfig(StrictModel):

@@ -254,11 +254,20 @@ class SwanPolicy(nn.Module):
         return loss, info
 
     def sparsity_loss(self) -> Tensor:
-        """Mean of the gates' regularisers from the last differentiable forward."""
-        regs = [r for g in self.gates().values() if (r := g.regulariser()) is not None]
-        if not regs:
+        """The gates' regularisers from the last differentiable forward, unit-weighted.
+
+        Each layer's term is weighted by its share of all gated units, so every unit
+        feels the same pressure whatever its layer's width (a plain mean over layers
+        pushed a 32-channel conv's units 8x harder than a 256-unit layer's and
+        collapsed the encoder; docs/results.md, issue 4).
+        """
+        pairs = [
+            (r, g.num_units) for g in self.gates().values() if (r := g.regulariser()) is not None
+        ]
+        if not pairs:
             return torch.zeros(())
-        return torch.stack(regs).mean()
+        total = sum(n for _, n in pairs)
+        return torch.stack([r * (n / total) for r, n in pairs]).sum()
 
     def last_active_fraction(self) -> float:
         """Unit-weighted active fraction over all gated layers in the last forward."""

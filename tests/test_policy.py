@@ -163,3 +163,14 @@ def test_loss_reports_and_backpropagates() -> None:
     assert set(info) == {"loss", "bc_loss", "sparsity", "active_fraction"}
     assert info["active_fraction"] <= 0.5
     assert policy.encoder.layers[0].gate_fc.weight.grad is not None
+
+
+def test_sparsity_loss_is_unit_weighted() -> None:
+    policy = _policy().train()
+    policy.loss({"obs": random_obs(policy.config, 4), "actions": torch.zeros(4, 2)})
+    sig_sum, units = 0.0, 0
+    for gate in policy.gates().values():
+        assert gate.last_logits is not None
+        sig_sum += float(torch.sigmoid(gate.last_logits / gate.tau).mean(0).sum())
+        units += gate.num_units
+    assert abs(float(policy.sparsity_loss().detach()) - sig_sum / units) < 1e-6

@@ -117,7 +117,11 @@ def bc_update(
     obs, actions = data.sample(bc.batch_size, bc.shift_pad)
     # Sandwich rule: b=1 (learns from demos, carries the sparsity term), b_min and random
     # budgets (learn from demos and from the b=1 output) -> a monotone budget curve.
-    budgets = sandwich_budgets(bc.b_min, bc.n_random_budgets) if bc.sandwich else [1.0]
+    budgets = (
+        sandwich_budgets(bc.b_min, bc.n_random_budgets, levels=bc.budget_levels)
+        if bc.sandwich
+        else [1.0]
+    )
     loss, info = loss_module(obs, actions, budgets)
     if not torch.isfinite(loss):
         raise TrainingError(f"loss is {float(loss.detach())}")
