@@ -185,7 +185,7 @@ class SwanPolicy(nn.Module):
         else:
             raise ValueError(f"mode must be 'masked' or 'sparse', got {mode!r}")
         self._last_batch = pixels.shape[0]
-        if self.track_stats:
+        if self.track_stats and not self.training:  # statistics describe inference only
             with torch.no_grad():
                 for k, v in self.executed_macs().items():
                     self._macs_sum[k] = self._macs_sum.get(k, 0.0) + float(v.sum())

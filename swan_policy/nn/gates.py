@@ -141,7 +141,7 @@ class SwanGate(nn.Module):
         self.num_ref_units = int(num_ref_units or num_units)
         # weight of the regulariser injected into the backward pass (0 = off).
         self.inject_weight = 0.0
-        self.track_stats = True
+        self.track_stats = True  # accumulate in eval mode (training steps are not counted)
         # Statistics are observations, not parameters: non-persistent buffers (they move
         # with .to(device) but stay out of checkpoints). float64 so long runs keep counts.
         self.active_count: Tensor
@@ -165,7 +165,7 @@ class SwanGate(nn.Module):
             gates = mask
             self._reg = None
         self._last_logits, self._last_mask, self._last_idx = logits.detach(), mask, None
-        if self.track_stats:
+        if self.track_stats and not self.training:  # statistics describe inference only
             with torch.no_grad():
                 self.active_count += mask.sum(0).to(torch.float64)
                 self.sample_count += mask.shape[0]
@@ -179,7 +179,7 @@ class SwanGate(nn.Module):
         idx = active_units(logits, budget, self.num_ref_units)
         self._last_logits, self._last_mask, self._last_idx = logits, None, idx
         self._reg = None
-        if self.track_stats:
+        if self.track_stats and not self.training:
             self.active_count.numpy()[idx] += 1.0  # a view: updates the (CPU) buffer
             self.sample_count.add_(1.0)
         return idx

@@ -79,6 +79,9 @@ def test_target_rate_regulariser_is_zero_below_target() -> None:
 
 def test_activation_statistics() -> None:
     gate = SwanGate(3)
+    gate(torch.tensor([[1.0, 1.0, 1.0]]))  # training mode: not counted
+    assert float(gate.sample_count) == 0.0
+    gate.eval()
     with torch.no_grad():
         gate(torch.tensor([[1.0, -1.0, 1.0], [1.0, -1.0, -1.0]]))
         gate(torch.tensor([[1.0, 1.0, -1.0], [1.0, -1.0, -1.0]]))
@@ -104,10 +107,10 @@ def test_numpy_fast_path_matches_budget_mask(row: list[float], budget: float) ->
 
 def test_select_keeps_the_same_statistics_as_forward() -> None:
     s = torch.tensor([[0.5, -0.1, 2.0, 0.3]])
-    a, b = SwanGate(4), SwanGate(4)
+    a, b = SwanGate(4).eval(), SwanGate(4).eval()
     with torch.no_grad():
         a(s, 0.5)
     b.select(s[0].numpy(), 0.5)
-    assert torch.equal(a.active_count, b.active_count)
+    assert torch.equal(a.active_count, b.active_count) and float(a.active_count.sum()) == 2.0
     assert torch.equal(a.last_gates, b.last_gates)
     assert torch.equal(a.last_logits, b.last_logits)
