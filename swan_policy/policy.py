@@ -283,7 +283,9 @@ class SwanPolicy(nn.Module):
     def act(self, obs: Mapping[str, Any], budget: float = 1.0) -> np.ndarray:
         """One control step: validated numpy observation in, float32 action ``[A]`` out.
 
-        Runs the sparse mode (only the active units are computed).
+        Runs the sparse mode (only the active units are computed). In eval mode each call
+        also updates the gate and MAC statistics; set ``policy.track_stats = False`` (and
+        ``gate.track_stats`` on ``policy.gates()``) in latency-critical loops.
 
         Raises:
             ObservationError: a key is missing/extra, or has the wrong shape, dtype or
