@@ -115,6 +115,10 @@ def bc_update(
     """One behaviour-cloning step: sample, augment, sandwich loss, clip, step."""
     bc = cfg.bc
     obs, actions = data.sample(bc.batch_size, bc.shift_pad)
+    # the data stays in host memory; the batch goes to the model's device (GPU runs)
+    device = next(loss_module.parameters()).device
+    obs = {k: v.to(device, non_blocking=True) for k, v in obs.items()}
+    actions = actions.to(device, non_blocking=True)
     # Sandwich rule: b=1 (learns from demos, carries the sparsity term), b_min and random
     # budgets (learn from demos and from the b=1 output) -> a monotone budget curve.
     budgets = (
