@@ -92,7 +92,9 @@ def resolved_policy_config(cfg: ExperimentConfig) -> PolicyConfig:
     from swan_policy.envs import make_env, resolve_policy_config
 
     pc = cfg.policy
-    dims = (pc.image_hw, pc.image_channels, pc.proprio_dim, pc.action_dim)
+    dims: list[object] = [pc.proprio_dim, pc.action_dim]
+    if pc.pixels:
+        dims += [pc.image_hw, pc.image_channels]
     if any(d is None for d in dims):
         try:
             env = make_env(cfg.env)
@@ -131,16 +133,15 @@ def info(
     torch.manual_seed(cfg.seed)
     policy = SwanPolicy(pc).eval()
     gen = torch.Generator().manual_seed(cfg.seed)
-    obs = {
-        "pixels": torch.randint(
+    obs = {"proprio": torch.randn(batch, policy.proprio_dim, generator=gen)}
+    if policy.image_hw is not None and policy.image_channels is not None:
+        obs["pixels"] = torch.randint(
             0,
             256,
             (batch, *policy.image_hw, policy.image_channels),
             generator=gen,
             dtype=torch.uint8,
-        ),
-        "proprio": torch.randn(batch, policy.proprio_dim, generator=gen),
-    }
+        )
     per_budget = []
     with torch.inference_mode():
         for b in levels:

@@ -51,13 +51,12 @@ def compact_policy(policy: SwanPolicy, keep: Mapping[str, Tensor]) -> SwanPolicy
     ref = {
         n: (m.gate.num_ref_units if m.gate is not None else m.num_units) for n, m in layers.items()
     }
-    n_enc = len(policy.encoder.convs)
+    convs = policy.encoder.convs if policy.encoder is not None else []
+    channels = [int(kept[f"encoder.layers.{i}"].numel()) for i in range(len(convs))]
     new_cfg = cfg.model_copy(
         update={
             "encoder": cfg.encoder.model_copy(
-                update={
-                    "channels": [int(kept[f"encoder.layers.{i}"].numel()) for i in range(n_enc)]
-                }
+                update={"channels": channels or cfg.encoder.channels}
             ),
             "head": cfg.head.model_copy(
                 update={
@@ -74,13 +73,15 @@ def compact_policy(policy: SwanPolicy, keep: Mapping[str, Tensor]) -> SwanPolicy
     # units of the layer before it.
     state = dict(policy.state_dict())
     keep_in: Tensor | None = None
-    for i, conv in enumerate(policy.encoder.convs):
+    for i, conv in enumerate(convs):
         k = kept[f"encoder.layers.{i}"]
         _put(state, f"encoder.layers.{i}.", conv.compacted(k, keep_in).state_dict())
         keep_in = k
-    assert keep_in is not None
-    proprio_cols = policy.encoder.out_dim + torch.arange(policy.proprio.out_dim)
-    keep_in = torch.cat([keypoint_index(keep_in), proprio_cols])
+    proprio_cols = policy.feature_dim + torch.arange(policy.proprio.out_dim)
+    if keep_in is not None:
+        keep_in = torch.cat([keypoint_index(keep_in), proprio_cols])
+    else:
+        keep_in = proprio_cols
     for j, hidden in enumerate(policy.head.hidden):
         k = kept[f"head.layers.{j}"]
         _put(state, f"head.layers.{j}.", hidden.compacted(k, keep_in).state_dict())

@@ -61,7 +61,9 @@ class HeadConfig(StrictModel):
     """Gated MLP action head and proprio MLP."""
 
     hidden: list[int] = Field([256, 256], description="Width of each gated hidden layer.")
-    proprio_hidden: int = Field(64, ge=1, description="Width of the proprio MLP.")
+    proprio_hidden: int = Field(
+        64, ge=0, description="Width of the proprio MLP (0: feed the normalised vector directly)."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> HeadConfig:
@@ -73,6 +75,9 @@ class HeadConfig(StrictModel):
 class PolicyConfig(StrictModel):
     """Everything needed to rebuild a SwanPolicy (saved as config.json beside weights)."""
 
+    pixels: bool = Field(
+        True, description="Pixel encoder (False: proprio-only policy for state observations)."
+    )
     image_hw: tuple[int, int] | None = Field(
         None, description="Image height and width (None: from the env)."
     )
@@ -96,6 +101,8 @@ class PolicyConfig(StrictModel):
     def _check(self) -> PolicyConfig:
         if self.image_hw is not None and min(self.image_hw) < 8:
             raise ValueError(f"image_hw must be at least 8x8, got {self.image_hw}")
+        if not self.pixels and (self.image_hw is not None or self.image_channels is not None):
+            raise ValueError("image_hw and image_channels must be unset when pixels is false")
         return self
 
 

@@ -1,8 +1,10 @@
 """Environment helpers: make envs from configs, resolve and check spaces.
 
 swan_policy works with any gymnasium env whose observations are the dict
-``{"pixels": HxWxC uint8, "proprio": float}`` and whose actions are a ``Box``. The
-swan_envs tasks are registered on first use; mujoco is never imported here.
+``{"pixels": HxWxC uint8, "proprio": float}`` (or ``{"proprio": float}`` for
+state-observation policies) and whose actions are a ``Box``. :func:`make_env` wraps an
+env with a flat ``Box`` observation (``InvertedPendulum-v5``) as ``{"proprio": obs}``.
+The swan_envs tasks are registered on first use; mujoco is never imported here.
 """
 
 from __future__ import annotations
@@ -32,8 +34,27 @@ def ensure_registered(env_id: str) -> None:
             pass  # gym.make gives the standard "not found" error
 
 
+class StateAsProprio(gym.ObservationWrapper[dict[str, np.ndarray], Any, np.ndarray]):
+    """A flat ``Box`` observation as ``{"proprio": float32 vector}``."""
+
+    def __init__(self, env: gym.Env[np.ndarray, Any]) -> None:
+        super().__init__(env)
+        box = env.observation_space
+        assert isinstance(box, spaces.Box)
+        self.observation_space = spaces.Dict(  # type: ignore[assignment]
+            {
+                PROPRIO: spaces.Box(
+                    box.low.astype(np.float32), box.high.astype(np.float32), box.shape, np.float32
+                )
+            }
+        )
+
+    def observation(self, observation: np.ndarray) -> dict[str, np.ndarray]:
+        return {PROPRIO: np.asarray(observation, dtype=np.float32)}
+
+
 def make_env(cfg: EnvConfig, render_mode: str | None = None, **overrides: Any) -> gym.Env[Any, Any]:
-    """``gym.make`` for a config's env.
+    """``gym.make`` for a config's env (flat ``Box`` observations become ``{"proprio"}``).
 
     Raises:
         ValueError: the config names no env, or gymnasium does not know the id.
@@ -45,20 +66,30 @@ def make_env(cfg: EnvConfig, render_mode: str | None = None, **overrides: Any) -
     if render_mode is not None:
         kwargs["render_mode"] = render_mode
     try:
-        return gym.make(cfg.id, **kwargs)
+        env = gym.make(cfg.id, **kwargs)
     except gym.error.Error as e:
         raise ValueError(f"env.id {cfg.id!r}: {e}") from None
+    box = env.observation_space
+    if isinstance(box, spaces.Box) and len(box.shape) == 1:
+        return StateAsProprio(env)
+    return env
 
 
-def _dict_spaces(env: gym.Env[Any, Any]) -> tuple[spaces.Box, spaces.Box, spaces.Box]:
+def _dict_spaces(env: gym.Env[Any, Any]) -> tuple[spaces.Box | None, spaces.Box, spaces.Box]:
+    """``(pixels or None, proprio, action)`` Box spaces of a swan-style env."""
     obs_space, act_space = env.observation_space, env.action_space
-    if not isinstance(obs_space, spaces.Dict) or set(obs_space.spaces) != {PIXELS, PROPRIO}:
+    if not isinstance(obs_space, spaces.Dict) or set(obs_space.spaces) not in (
+        {PIXELS, PROPRIO},
+        {PROPRIO},
+    ):
         raise SpaceMismatchError(
-            f"expected a Dict observation space with keys ['{PIXELS}', '{PROPRIO}'], "
-            f"got {obs_space}"
+            f"expected a Dict observation space with keys ['{PIXELS}', '{PROPRIO}'] "
+            f"or ['{PROPRIO}'], got {obs_space}"
         )
-    pixels, proprio = obs_space.spaces[PIXELS], obs_space.spaces[PROPRIO]
-    if not isinstance(pixels, spaces.Box) or pixels.dtype != np.uint8 or len(pixels.shape) != 3:
+    pixels, proprio = obs_space.spaces.get(PIXELS), obs_space.spaces[PROPRIO]
+    if pixels is not None and (
+        not isinstance(pixels, spaces.Box) or pixels.dtype != np.uint8 or len(pixels.shape) != 3
+    ):
         raise SpaceMismatchError(f"observation '{PIXELS}' must be a HxWxC uint8 Box, got {pixels}")
     if not isinstance(proprio, spaces.Box) or len(proprio.shape) != 1:
         raise SpaceMismatchError(f"observation '{PROPRIO}' must be a 1-D Box, got {proprio}")
@@ -70,22 +101,26 @@ def _dict_spaces(env: gym.Env[Any, Any]) -> tuple[spaces.Box, spaces.Box, spaces
 def resolve_policy_config(cfg: PolicyConfig, env: gym.Env[Any, Any]) -> PolicyConfig:
     """Fill unset dims from the env's spaces; check the set ones (error names the field)."""
     pixels, proprio, act = _dict_spaces(env)
-    wanted = {
-        "image_hw": (int(pixels.shape[0]), int(pixels.shape[1])),
-        "image_channels": int(pixels.shape[2]),
+    env_id = env.spec.id if env.spec else type(env).__name__
+    wanted: dict[str, Any] = {
         "proprio_dim": int(proprio.shape[0]),
         "action_dim": int(act.shape[0]),
     }
+    if pixels is not None and cfg.pixels:
+        wanted["image_hw"] = (int(pixels.shape[0]), int(pixels.shape[1]))
+        wanted["image_channels"] = int(pixels.shape[2])
+    elif pixels is None and cfg.pixels:
+        raise SpaceMismatchError(
+            f"env {env_id} has no '{PIXELS}' observation; set policy.pixels=false "
+            "for a proprio-only policy"
+        )
     update = {}
     for field, value in wanted.items():
         current = getattr(cfg, field)
         if current is None:
             update[field] = value
         elif (tuple(current) if isinstance(current, tuple | list) else current) != value:
-            raise SpaceMismatchError(
-                f"policy.{field} is {current} but env {env.spec.id if env.spec else env} "
-                f"has {value}"
-            )
+            raise SpaceMismatchError(f"policy.{field} is {current} but env {env_id} has {value}")
     return cfg.model_copy(update=update)
 
 
@@ -94,7 +129,9 @@ def check_spaces(policy: Any, env: gym.Env[Any, Any]) -> None:
     pixels, proprio, act = _dict_spaces(env)
     expected = policy.obs_spec.entries
     env_id = env.spec.id if env.spec else type(env).__name__
-    if tuple(pixels.shape) != expected[PIXELS].shape:
+    if PIXELS in expected and pixels is None:
+        raise SpaceMismatchError(f"policy expects '{PIXELS}' but env {env_id} has none")
+    if PIXELS in expected and pixels is not None and tuple(pixels.shape) != expected[PIXELS].shape:
         raise SpaceMismatchError(
             f"observation '{PIXELS}': policy expects {expected[PIXELS].shape}, "
             f"env {env_id} gives {tuple(pixels.shape)}"

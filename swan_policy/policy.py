@@ -50,6 +50,9 @@ CONFIG_NAME = "config.json"
 class SwanPolicy(nn.Module):
     """Gated vision-action policy: gated CNN encoder + proprio MLP + gated MLP head.
 
+    With ``config.pixels = False`` there is no encoder: a proprio-only policy for
+    state observations (``{"proprio": [B, P]}``), e.g. RL on ``InvertedPendulum-v5``.
+
     Args:
         config: the architecture (see :class:`PolicyConfig`).
     """
@@ -61,19 +64,17 @@ class SwanPolicy(nn.Module):
 
     def __init__(self, config: PolicyConfig) -> None:
         super().__init__()
-        unset = [
-            k
-            for k in ("image_hw", "image_channels", "proprio_dim", "action_dim")
-            if getattr(config, k) is None
-        ]
-        if unset or config.image_hw is None or config.image_channels is None:
+        dims = ("image_hw", "image_channels") if config.pixels else ()
+        unset = [k for k in (*dims, "proprio_dim", "action_dim") if getattr(config, k) is None]
+        if unset:
             raise ConfigError(
                 f"policy.{', policy.'.join(unset)} not set; "
                 "swan_policy.envs.resolve_policy_config fills them from the env"
             )
         assert config.proprio_dim is not None and config.action_dim is not None
-        self.image_hw: tuple[int, int] = config.image_hw
-        self.image_channels: int = config.image_channels
+        self.pixels = config.pixels
+        self.image_hw: tuple[int, int] | None = config.image_hw
+        self.image_channels: int | None = config.image_channels
         self.proprio_dim: int = config.proprio_dim
         self.action_dim: int = config.action_dim
         self.config = config
@@ -81,19 +82,22 @@ class SwanPolicy(nn.Module):
         opts = GateOptions(g.tau, g.sparsity, g.target_rate, g.init_bias)
         ref = config.ref_units or {}
         n_enc, n_head = len(config.encoder.channels), len(config.head.hidden)
-        self.encoder = GatedConvEncoder(
-            self.image_channels,
-            self.image_hw,
-            config.encoder.channels,
-            config.encoder.strides,
-            config.encoder.kernel_size,
-            gated=g.enabled,
-            options=opts,
-            ref_units=[ref[f"encoder.layers.{i}"] for i in range(n_enc)] if ref else None,
-        )
+        self.encoder: GatedConvEncoder | None = None
+        if config.image_hw is not None and config.image_channels is not None:
+            self.encoder = GatedConvEncoder(
+                config.image_channels,
+                config.image_hw,
+                config.encoder.channels,
+                config.encoder.strides,
+                config.encoder.kernel_size,
+                gated=g.enabled,
+                options=opts,
+                ref_units=[ref[f"encoder.layers.{i}"] for i in range(n_enc)] if ref else None,
+            )
         self.proprio = ProprioMLP(self.proprio_dim, config.head.proprio_hidden)
+        self.feature_dim = self.encoder.out_dim if self.encoder is not None else 0
         self.head = GatedMLPHead(
-            self.encoder.out_dim + self.proprio.out_dim,
+            self.feature_dim + self.proprio.out_dim,
             config.head.hidden,
             self.action_dim,
             gated=g.enabled,
@@ -108,12 +112,11 @@ class SwanPolicy(nn.Module):
         self.mode: Mode = "masked"
         self.track_stats = True
         self._last_batch = 0  # batch size of the last forward (0: none yet)
-        self._obs_spec = ObsSpec(
-            {
-                PIXELS: ArraySpec((*self.image_hw, self.image_channels), "uint8"),
-                PROPRIO: ArraySpec((self.proprio_dim,), "float32"),
-            }
-        )
+        entries = {PROPRIO: ArraySpec((self.proprio_dim,), "float32")}
+        if config.image_hw is not None and config.image_channels is not None:
+            entries = {PIXELS: ArraySpec((*config.image_hw, config.image_channels), "uint8")}
+            entries[PROPRIO] = ArraySpec((self.proprio_dim,), "float32")
+        self._obs_spec = ObsSpec(entries)
         self._macs_sum: dict[str, float] = {}
         self._macs_samples = 0
 
@@ -126,7 +129,7 @@ class SwanPolicy(nn.Module):
     def gated_layers(self) -> dict[str, GatedConv2d | GatedLinear]:
         """Gated layers by name (``encoder.layers.i``, ``head.layers.j``), in order."""
         out: dict[str, GatedConv2d | GatedLinear] = {}
-        for i, conv in enumerate(self.encoder.convs):
+        for i, conv in enumerate(self.encoder.convs if self.encoder is not None else []):
             out[f"encoder.layers.{i}"] = conv
         for j, hidden in enumerate(self.head.hidden):
             out[f"head.layers.{j}"] = hidden
@@ -171,25 +174,29 @@ class SwanPolicy(nn.Module):
         """Actions in ``[-1, 1]`` (before unscaling): what the BC loss compares."""
         self._check_batch(obs)
         mode = mode or self.mode
-        pixels, proprio = obs[PIXELS], obs[PROPRIO].to(torch.float32)
+        proprio = obs[PROPRIO].to(torch.float32)
         p = self.proprio((proprio - self.proprio_mean) / self.proprio_std)
+        enc = self.encoder
         if mode == "masked":
-            feats, _ = self.encoder(pixels, budget)
-            pre, _ = self.head(torch.cat([feats, p], dim=1), budget)
+            x = torch.cat([enc(obs[PIXELS], budget)[0], p], dim=1) if enc is not None else p
+            pre, _ = self.head(x, budget)
         elif mode == "sparse":
-            a = self.encoder.forward_sparse(pixels, budget)
-            idx = None
-            if a.idx is not None:
-                idx = torch.cat([a.idx, self.encoder.out_dim + torch.arange(p.shape[1])])
-            pre = self.head.forward_sparse(Active(torch.cat([a.x, p], 1), idx), budget)
+            a = Active(p, None)
+            if enc is not None:
+                f = enc.forward_sparse(obs[PIXELS], budget)
+                idx = None
+                if f.idx is not None:
+                    idx = torch.cat([f.idx, enc.out_dim + torch.arange(p.shape[1])])
+                a = Active(torch.cat([f.x, p], 1), idx)
+            pre = self.head.forward_sparse(a, budget)
         else:
             raise ValueError(f"mode must be 'masked' or 'sparse', got {mode!r}")
-        self._last_batch = pixels.shape[0]
+        self._last_batch = proprio.shape[0]
         if self.track_stats and not self.training:  # statistics describe inference only
             with torch.no_grad():
                 for k, v in self.executed_macs().items():
                     self._macs_sum[k] = self._macs_sum.get(k, 0.0) + float(v.sum())
-                self._macs_samples += pixels.shape[0]
+                self._macs_samples += proprio.shape[0]
         return torch.tanh(pre)
 
     def forward(
@@ -222,7 +229,7 @@ class SwanPolicy(nn.Module):
                     f"observation[{key!r}]: expected shape (B, {', '.join(map(str, s.shape))}), "
                     f"got {tuple(t.shape)}"
                 )
-        if obs[PIXELS].dtype != torch.uint8:
+        if PIXELS in obs and obs[PIXELS].dtype != torch.uint8:
             raise ObservationError(
                 f"observation['pixels']: expected dtype uint8, got {obs[PIXELS].dtype}"
             )
@@ -307,23 +314,31 @@ class SwanPolicy(nn.Module):
             raise RuntimeError("executed_macs() needs a forward pass first")
         enc, batch = self.encoder, self._last_batch
         gates = list(self.last_gates().values())
-        n_enc = len(enc.convs)
-        out = enc.executed_macs(gates[:n_enc], batch)
-        last = gates[n_enc - 1]
-        n_feat = 2 * last.sum(1) if last is not None else torch.full((batch,), float(enc.out_dim))
+        n_enc = len(enc.convs) if enc is not None else 0
+        out: dict[str, Tensor] = {}
+        n_feat = torch.zeros(batch)
+        if enc is not None:
+            out = enc.executed_macs(gates[:n_enc], batch)
+            last = gates[n_enc - 1]
+            n_feat = (
+                2 * last.sum(1) if last is not None else torch.full((batch,), float(enc.out_dim))
+            )
         out["proprio"] = self.proprio.macs(batch)
         out.update(self.head.executed_macs(n_feat + self.proprio.out_dim, gates[n_enc:], batch))
         return out
 
     def dense_macs(self) -> int:
         """MACs per sample of the same architecture without gates (all units on)."""
-        total, n_in = 0, self.image_channels
-        for layer in self.encoder.convs:
-            k = layer.conv.kernel_size
-            total += flops.conv2d_macs(n_in, layer.num_units, (k[0], k[1]), layer.out_hw)
-            n_in = layer.num_units
-        total += flops.spatial_softmax_macs(n_in, self.encoder.pool.hw)
-        total += flops.linear_macs(self.proprio_dim, self.proprio.out_dim)
+        total = 0
+        if self.encoder is not None and self.image_channels is not None:
+            n_in = self.image_channels
+            for layer in self.encoder.convs:
+                k = layer.conv.kernel_size
+                total += flops.conv2d_macs(n_in, layer.num_units, (k[0], k[1]), layer.out_hw)
+                n_in = layer.num_units
+            total += flops.spatial_softmax_macs(n_in, self.encoder.pool.hw)
+        if self.proprio.linear is not None:
+            total += flops.linear_macs(self.proprio_dim, self.proprio.out_dim)
         d = self.head.in_dim
         for hidden in self.head.hidden:
             total += flops.linear_macs(d, hidden.num_units)

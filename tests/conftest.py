@@ -32,12 +32,26 @@ def tiny_config(**overrides: object) -> PolicyConfig:
 
 def random_obs(cfg: PolicyConfig, batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {
-        "pixels": torch.randint(
+    obs = {}
+    if cfg.image_hw is not None and cfg.image_channels is not None:
+        obs["pixels"] = torch.randint(
             0, 256, (batch, *cfg.image_hw, cfg.image_channels), generator=g, dtype=torch.uint8
-        ),
-        "proprio": torch.randn(batch, cfg.proprio_dim, generator=g),
+        )
+    obs["proprio"] = torch.randn(batch, cfg.proprio_dim, generator=g)
+    return obs
+
+
+def state_config(**overrides: object) -> PolicyConfig:
+    """A tiny proprio-only policy (no pixel encoder), as RL on state observations uses."""
+    data: dict[str, object] = {
+        "pixels": False,
+        "proprio_dim": 4,
+        "action_dim": 1,
+        "head": {"hidden": [16, 16], "proprio_hidden": 0},
+        "gate": {"init_bias": 0.0},
     }
+    data.update(overrides)
+    return PolicyConfig.model_validate(data)
 
 
 @pytest.fixture

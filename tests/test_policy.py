@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from swan_policy.compact import compact_policy, keep_from_stats
+from swan_policy.config import PolicyConfig
 from swan_policy.policy import SwanPolicy
 from swan_policy.serialization import CheckpointError, load_tensors, save_tensors
 from swan_policy.spec import ObservationError
-from tests.conftest import random_obs, tiny_config
+from tests.conftest import random_obs, state_config, tiny_config
 
 
 def _policy(seed: int = 0, **overrides: object) -> SwanPolicy:
@@ -174,3 +175,51 @@ def test_sparsity_loss_is_unit_weighted() -> None:
         sig_sum += float(torch.sigmoid(gate.last_logits / gate.tau).mean(0).sum())
         units += gate.num_units
     assert abs(float(policy.sparsity_loss().detach()) - sig_sum / units) < 1e-6
+
+
+def test_proprio_only_policy_modes_compaction_and_files(tmp_path: Path) -> None:
+    cfg = state_config()
+    torch.manual_seed(0)
+    policy = SwanPolicy(cfg).eval()
+    assert policy.encoder is None
+    assert set(policy.obs_spec.entries) == {"proprio"}
+    assert list(policy.gated_layers()) == ["head.layers.0", "head.layers.1"]
+    obs = random_obs(cfg, 32)
+    with torch.no_grad():
+        for b in (1.0, 0.5, 0.25):
+            masked = policy(obs, b, mode="masked")
+            sparse = policy(obs, b, mode="sparse")
+            torch.testing.assert_close(masked, sparse, atol=1e-5, rtol=0)
+    # MACs: 4 -> 16 -> 16 -> 1 dense, identity proprio costs nothing
+    assert policy.dense_macs() == 4 * 16 + 16 * 16 + 16 * 1
+    policy.reset_gate_stats()
+    with torch.no_grad():
+        ref = policy(obs, 1.0)
+    keep = keep_from_stats(policy)
+    small = compact_policy(policy, keep).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(small(obs, 1.0), ref, atol=1e-5, rtol=0)
+    act = policy.act({"proprio": np.zeros(4, np.float32)})
+    assert act.shape == (1,)
+    with pytest.raises(ObservationError, match="pixels"):
+        policy.act({"proprio": np.zeros(4, np.float32), "pixels": np.zeros((8, 8, 3), np.uint8)})
+    loaded = SwanPolicy.from_pretrained(policy.save_pretrained(tmp_path / "p"))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(obs, 0.5), policy(obs, 0.5), atol=0, rtol=0)
+
+
+def test_state_env_is_wrapped_as_proprio_and_resolves() -> None:
+    from swan_policy.config import EnvConfig
+    from swan_policy.envs import SpaceMismatchError, check_spaces, make_env, resolve_policy_config
+
+    env = make_env(EnvConfig(id="InvertedPendulum-v5"))
+    obs, _ = env.reset(seed=0)
+    assert set(obs) == {"proprio"} and obs["proprio"].dtype == np.float32
+    with pytest.raises(SpaceMismatchError, match="policy.pixels=false"):
+        resolve_policy_config(PolicyConfig(), env)
+    pc = resolve_policy_config(PolicyConfig(pixels=False), env)
+    assert (pc.proprio_dim, pc.action_dim, pc.image_hw) == (4, 1, None)
+    policy = SwanPolicy(pc)
+    check_spaces(policy, env)
+    assert policy.act(obs).shape == (1,)
+    env.close()

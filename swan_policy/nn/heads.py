@@ -11,17 +11,23 @@ from swan_policy.nn.layers import Active, GatedLinear, GateOptions, sparse_linea
 
 
 class ProprioMLP(nn.Module):
-    """``[B, P]`` -> ``[B, D]``: one linear + ReLU (tiny; not worth a gate)."""
+    """``[B, P]`` -> ``[B, D]``: one linear + ReLU (tiny; not worth a gate).
+
+    ``hidden=0`` is the identity (``D = P``): state-observation policies feed the
+    normalised vector straight into the gated head.
+    """
 
     def __init__(self, proprio_dim: int, hidden: int) -> None:
         super().__init__()
-        self.linear = nn.Linear(proprio_dim, hidden)
-        self.out_dim = hidden
+        self.linear = nn.Linear(proprio_dim, hidden) if hidden > 0 else None
+        self.out_dim = hidden if hidden > 0 else proprio_dim
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.relu(self.linear(x))
+        return F.relu(self.linear(x)) if self.linear is not None else x
 
     def macs(self, batch: int) -> Tensor:
+        if self.linear is None:
+            return torch.zeros(batch)
         return torch.full((batch,), float(flops.linear_macs(self.linear.in_features, self.out_dim)))
 
 
