@@ -1,0 +1,601 @@
+"""Compute-budget schedulers: which budget level for the next control step (DESIGN.md §5).
+
+numpy + the standard library only: the torch-free deploy runtime imports this module,
+and ``swan eval`` uses the very same classes, so a scheduler behaves identically in
+simulation and on the robot.
+
+One interface::
+
+    sched = make_scheduler({"kind": "adaptive", "target": 0.4})
+    sched.reset()                                  # at each episode start
+    for t in range(horizon):
+        b = sched.budget(StepInfo(step=t, obs=obs, action=last_action,
+                                  margin=margin, latency_ms=last_latency_ms))
+        ...run the policy at budget b (one of sched.levels)...
+
+Every budget returned is one of the ladder levels (default 1.0, 0.75, 0.5, 0.25): the
+deploy runtime holds one dense graph per level. Schedulers hold no randomness, so the
+same sequence of inputs always gives the same budgets.
+
+Kinds:
+
+* :class:`Fixed` -- always the same level.
+* :class:`Deadline` -- the largest level whose measured p99 latency fits the slack left
+  in the control period, with hysteresis, falling back to the cheapest level.
+* :class:`Adaptive` -- more compute on steps a cheap signal calls hard (gate-score
+  margin, action change or observation change), under a token bucket that keeps the
+  mean budget of every episode prefix <= a target.
+* :class:`Schedule` -- a per-phase / per-step table.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+DEFAULT_LEVELS: tuple[float, ...] = (1.0, 0.75, 0.5, 0.25)
+KINDS = ("fixed", "deadline", "adaptive", "schedule")
+SIGNALS = ("margin", "action", "obs")
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What a scheduler may look at before choosing the budget of a control step.
+
+    Attributes:
+        step: index of the step in the episode (0 at the first step after reset).
+        obs: the observation the policy is about to act on (dict of arrays).
+        action: the action executed at the previous step (None at step 0).
+        margin: gate-score margin of the previous forward pass, >= 0; small means
+            many gates sat close to their decision boundary (an uncertain, "hard"
+            input). None when unknown.
+        latency_ms: measured latency of the previous step's forward pass, in ms. It is
+            attributed to the level the scheduler returned at the previous step.
+        elapsed_ms: time already spent in the current control period before the
+            forward pass (observation transfer, validation), in ms.
+        phase: a task phase name (e.g. from the robot's state machine), or None.
+    """
+
+    step: int = 0
+    obs: Mapping[str, np.ndarray] | None = None
+    action: np.ndarray | None = None
+    margin: float | None = None
+    latency_ms: float | None = None
+    elapsed_ms: float = 0.0
+    phase: str | None = None
+
+
+def check_levels(levels: Sequence[float]) -> tuple[float, ...]:
+    """Ladder levels sorted from the largest down; each in ``(0, 1]``, no duplicates.
+
+    Raises:
+        ValueError: empty, out of range or duplicated levels.
+    """
+    if isinstance(levels, str | bytes) or not isinstance(levels, Sequence):
+        raise ValueError(f"levels: expected a list of numbers, got {levels!r}")
+    if not all(_is_number(b) for b in levels):
+        raise ValueError(f"levels: expected a list of numbers, got {list(levels)!r}")
+    out = tuple(sorted((float(b) for b in levels), reverse=True))
+    if not out:
+        raise ValueError("levels: expected at least one level")
+    if any(not 0.0 < b <= 1.0 or math.isnan(b) for b in out):
+        raise ValueError(f"levels: each level must be in (0, 1], got {list(levels)!r}")
+    if len(set(out)) != len(out):
+        raise ValueError(f"levels: duplicated level in {list(levels)!r}")
+    return out
+
+
+def snap(budget: float, levels: Sequence[float]) -> float:
+    """The largest level not above ``budget`` (the cheapest level if all are above).
+
+    Snapping down never spends more than asked, which is what an average-budget
+    constraint needs. ``levels`` must be sorted from the largest down.
+    """
+    for level in levels:
+        if level <= budget + 1e-9:
+            return level
+    return levels[-1]
+
+
+class Scheduler:
+    """Base class: chooses one ladder level per control step.
+
+    Subclasses implement :meth:`_choose`; :meth:`budget` is the public entry point and
+    also records ``step.latency_ms`` against the level chosen at the previous step.
+
+    Args:
+        levels: the budget ladder (default 1.0, 0.75, 0.5, 0.25).
+    """
+
+    kind = "base"
+
+    def __init__(self, levels: Sequence[float] = DEFAULT_LEVELS) -> None:
+        self.levels = check_levels(levels)
+        self._last: float | None = None
+
+    def reset(self) -> None:
+        """Start a new episode (call before its first step)."""
+        self._last = None
+
+    def budget(self, step: StepInfo) -> float:
+        """The budget of this control step: one of :attr:`levels`."""
+        if step.latency_ms is not None and self._last is not None:
+            self.observe_latency(self._last, step.latency_ms)
+        b = self._choose(step)
+        self._last = b
+        return b
+
+    def observe_latency(self, level: float, ms: float) -> None:
+        """Record a measured forward latency at ``level`` (used by :class:`Deadline`;
+        the other kinds ignore it). Also useful to warm up before the first step."""
+
+    def spec(self) -> dict[str, Any]:
+        """The config that rebuilds this scheduler with :func:`make_scheduler`."""
+        return {"kind": self.kind, "levels": list(self.levels)}
+
+    def _choose(self, step: StepInfo) -> float:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.spec().items() if k != "kind")
+        return f"{type(self).__name__}({args})"
+
+
+class Fixed(Scheduler):
+    """Always the same budget, snapped down to a level.
+
+    Args:
+        budget: in ``(0, 1]``.
+        levels: the ladder.
+    """
+
+    kind = "fixed"
+
+    def __init__(self, budget: float = 1.0, levels: Sequence[float] = DEFAULT_LEVELS) -> None:
+        super().__init__(levels)
+        _check_fraction("budget", budget)
+        self.target = float(budget)
+        self.level = snap(self.target, self.levels)
+
+    def _choose(self, step: StepInfo) -> float:
+        return self.level
+
+    def spec(self) -> dict[str, Any]:
+        return {**super().spec(), "budget": self.target}
+
+
+class Deadline(Scheduler):
+    """The largest level whose measured p99 latency fits the slack left in the period.
+
+    ``slack = deadline_ms - step.elapsed_ms - safety_ms``. Each level keeps a window of
+    its last ``window`` latencies (fed through ``StepInfo.latency_ms`` or
+    :meth:`observe_latency`). A level with no measurement yet counts as fitting (so it
+    gets measured); warm every level up with :meth:`observe_latency` for a
+    conservative start. Latency is assumed to grow with the level, so a level above
+    a level that does not fit is never chosen.
+
+    Hysteresis: stepping *down* happens at once when the current level's p99 no longer
+    fits; stepping *up* needs the higher level's p99 to fit within
+    ``(1 - hysteresis) * slack`` for ``up_after`` consecutive steps. When no level
+    fits, the cheapest level is used.
+
+    Args:
+        deadline_ms: the control period (or the part of it the policy may use), ms.
+        window: latencies kept per level for the p99.
+        hysteresis: fraction of the slack kept free before stepping up.
+        up_after: consecutive steps a higher level must fit before stepping up.
+        safety_ms: fixed margin subtracted from the slack.
+        levels: the ladder.
+    """
+
+    kind = "deadline"
+
+    def __init__(
+        self,
+        deadline_ms: float,
+        window: int = 100,
+        hysteresis: float = 0.1,
+        up_after: int = 3,
+        safety_ms: float = 0.0,
+        levels: Sequence[float] = DEFAULT_LEVELS,
+    ) -> None:
+        super().__init__(levels)
+        _check_positive("deadline_ms", deadline_ms)
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(f"window: must be an integer >= 1, got {window!r}")
+        if not 0.0 <= hysteresis < 1.0:
+            raise ValueError(f"hysteresis: must be in [0, 1), got {hysteresis!r}")
+        if isinstance(up_after, bool) or not isinstance(up_after, int) or up_after < 1:
+            raise ValueError(f"up_after: must be an integer >= 1, got {up_after!r}")
+        if not safety_ms >= 0.0:
+            raise ValueError(f"safety_ms: must be >= 0, got {safety_ms!r}")
+        self.deadline_ms = float(deadline_ms)
+        self.window = window
+        self.hysteresis = float(hysteresis)
+        self.up_after = up_after
+        self.safety_ms = float(safety_ms)
+        self._latency: dict[float, deque[float]] = {b: deque(maxlen=window) for b in self.levels}
+        self._current: float | None = None
+        self._up_count = 0
+
+    def reset(self) -> None:
+        """New episode: the level restarts from the top; latency windows are kept
+        (they describe the machine, not the episode)."""
+        super().reset()
+        self._current = None
+        self._up_count = 0
+
+    def observe_latency(self, level: float, ms: float) -> None:
+        if level not in self._latency:
+            raise ValueError(f"level: {level!r} is not one of {list(self.levels)}")
+        if not math.isfinite(ms) or ms < 0:
+            raise ValueError(f"latency_ms: must be finite and >= 0, got {ms!r}")
+        self._latency[level].append(float(ms))
+
+    def p99(self, level: float) -> float | None:
+        """99th percentile of the level's latency window (None: not measured yet)."""
+        window = self._latency[level]
+        if not window:
+            return None
+        return float(np.percentile(np.fromiter(window, float), 99, method="higher"))
+
+    def _fits(self, level: float, slack: float) -> bool:
+        p = self.p99(level)
+        return p is None or p <= slack
+
+    def _choose(self, step: StepInfo) -> float:
+        slack = self.deadline_ms - step.elapsed_ms - self.safety_ms
+        # largest level that fits, never above one that does not (latency grows with b)
+        best = self.levels[-1]
+        for level in reversed(self.levels):  # cheapest first
+            if not self._fits(level, slack):
+                break
+            best = level
+        current = self._current
+        if current is None or best <= current:
+            self._current, self._up_count = best, 0  # start, stay, or step down at once
+            return best
+        # a higher level fits: step up one level, only with room to spare for a while
+        up = self.levels[self.levels.index(current) - 1]
+        if self._fits(up, (1.0 - self.hysteresis) * slack):
+            self._up_count += 1
+        else:
+            self._up_count = 0
+        if self._up_count >= self.up_after:
+            self._current, self._up_count = up, 0
+            return up
+        return current
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            **super().spec(),
+            "deadline_ms": self.deadline_ms,
+            "window": self.window,
+            "hysteresis": self.hysteresis,
+            "up_after": self.up_after,
+            "safety_ms": self.safety_ms,
+        }
+
+
+class Adaptive(Scheduler):
+    """More compute on hard steps, mean budget of every episode prefix <= ``target``.
+
+    Hardness signal (cheap, from what the controller already has):
+
+    * ``"action"``: ``||a_{t-1} - a_{t-2}||`` -- the policy is changing its mind;
+    * ``"obs"``: mean absolute change of the observation since the last step
+      (pixels scaled to [0, 1]; every key counts equally);
+    * ``"margin"``: ``1 / (margin + eps)`` of the last forward's gate scores -- gates
+      near their threshold mean an input the network is unsure about.
+
+    The raw signal is divided by its running mean (exponential, rate ``ema``), so the
+    thresholds are scale-free. The ratio ``z`` maps to the budget asked for, piecewise
+    linearly through ``(low, cheapest level)``, ``(1, target)`` and ``(high, top
+    level)``: a typical step asks for the target, a step ``high`` times harder than
+    usual for the top level. Until the signal is known (first steps) the top level is
+    asked for.
+
+    Token bucket: each step earns ``target`` tokens and the chosen level costs its
+    budget in tokens; the scheduler never spends more tokens than it holds (the ask is
+    snapped down to an affordable level). Starting from ``initial`` tokens, the
+    budgets of the first ``n`` steps sum to at most ``initial + n * target``; with the
+    default ``initial=0`` every prefix of every episode has mean budget <= ``target``.
+    The bucket holds at most ``capacity`` tokens (bounding bursts); when easy steps
+    would overflow it, the scheduler spends the overflow instead of discarding it, so
+    the mean budget stays close to the target rather than far below it.
+
+    Args:
+        target: the average budget, at least the cheapest level.
+        signal: ``"action"``, ``"obs"`` or ``"margin"``.
+        low / high: signal ratios mapped to the cheapest / the top level
+            (``0 <= low < 1 < high``).
+        ema: rate of the running mean of the signal, in ``(0, 1]``.
+        capacity: most tokens the bucket holds (in budget-steps; bounds bursts).
+        initial: tokens at the start of each episode, ``<= capacity``.
+        levels: the ladder.
+    """
+
+    kind = "adaptive"
+
+    def __init__(
+        self,
+        target: float,
+        signal: str = "action",
+        low: float = 0.5,
+        high: float = 2.0,
+        ema: float = 0.2,
+        capacity: float = 4.0,
+        initial: float = 0.0,
+        levels: Sequence[float] = DEFAULT_LEVELS,
+    ) -> None:
+        super().__init__(levels)
+        _check_fraction("target", target)
+        if target < self.levels[-1] - 1e-9:
+            raise ValueError(
+                f"target: must be >= the cheapest level {self.levels[-1]:g}, got {target!r}"
+            )
+        if signal not in SIGNALS:
+            raise ValueError(f"signal: expected one of {', '.join(SIGNALS)}, got {signal!r}")
+        if not 0.0 <= low < 1.0:
+            raise ValueError(f"low: must be in [0, 1), got {low!r}")
+        if not high > 1.0:
+            raise ValueError(f"high: must be > 1, got {high!r}")
+        if not 0.0 < ema <= 1.0:
+            raise ValueError(f"ema: must be in (0, 1], got {ema!r}")
+        if not capacity >= self.levels[0]:
+            raise ValueError(
+                f"capacity: must be >= the top level {self.levels[0]:g}, got {capacity!r}"
+            )
+        if not 0.0 <= initial <= capacity:
+            raise ValueError(f"initial: must be in [0, capacity], got {initial!r}")
+        self.target = float(target)
+        self.signal = signal
+        self.low, self.high = float(low), float(high)
+        self.ema = float(ema)
+        self.capacity = float(capacity)
+        self.initial = float(initial)
+        self.reset()
+
+    def reset(self) -> None:
+        super().reset()
+        self.tokens = self.initial
+        self._mean: float | None = None  # running mean of the raw signal
+        self._prev_obs: dict[str, np.ndarray] | None = None
+        self._prev_action: np.ndarray | None = None
+
+    def hardness(self, step: StepInfo) -> float | None:
+        """The raw signal of this step (None: not available yet). Updates the history."""
+        raw: float | None = None
+        if self.signal == "margin":
+            if step.margin is not None:
+                raw = 1.0 / (max(float(step.margin), 0.0) + 1e-6)
+        elif self.signal == "action":
+            if step.action is not None:
+                action = np.asarray(step.action, dtype=np.float64).ravel()
+                if self._prev_action is not None:
+                    raw = float(np.linalg.norm(action - self._prev_action))
+                self._prev_action = action
+        elif step.obs is not None:  # "obs"
+            obs = {k: _as_unit_float(v) for k, v in step.obs.items()}
+            if self._prev_obs is not None:
+                raw = float(np.mean([np.abs(v - self._prev_obs[k]).mean() for k, v in obs.items()]))
+            self._prev_obs = obs
+        return raw
+
+    def _choose(self, step: StepInfo) -> float:
+        raw = self.hardness(step)
+        top, cheapest = self.levels[0], self.levels[-1]
+        if raw is None or not math.isfinite(raw):
+            wanted = top
+        else:
+            z = raw / self._mean if self._mean else (1.0 if raw == 0 else self.high)
+            if z <= 1.0:
+                frac = max((z - self.low) / (1.0 - self.low), 0.0)
+                wanted = cheapest + frac * (self.target - cheapest)
+            else:
+                frac = min((z - 1.0) / (self.high - 1.0), 1.0)
+                wanted = self.target + frac * (top - self.target)
+            self._mean = raw if self._mean is None else (1 - self.ema) * self._mean + self.ema * raw
+        # token bucket: earn the target, spend the level, never more than is held
+        self.tokens += self.target
+        affordable = [b for b in self.levels if b <= self.tokens + 1e-9] or [cheapest]
+        b = snap(wanted, affordable)
+        # spend what would overflow the bucket at the next step rather than lose it
+        overflow = self.tokens + self.target - self.capacity
+        if b < overflow:
+            b = min((a for a in affordable if a >= overflow), default=affordable[0])
+        self.tokens = min(self.tokens - b, self.capacity)
+        return b
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            **super().spec(),
+            "target": self.target,
+            "signal": self.signal,
+            "low": self.low,
+            "high": self.high,
+            "ema": self.ema,
+            "capacity": self.capacity,
+            "initial": self.initial,
+        }
+
+
+class Schedule(Scheduler):
+    """A budget table: per task phase and/or per step.
+
+    ``phases`` maps a phase name (``StepInfo.phase``) to a budget; ``steps`` lists
+    ``[first_step, budget]`` pairs (the last pair whose ``first_step <= step``
+    applies). A known phase wins over the step table; ``default`` covers the rest.
+    Budgets snap down to the ladder.
+
+    Args:
+        steps: ``[[0, 1.0], [20, 0.5]]`` -- 1.0 for steps 0-19, then 0.5.
+        phases: ``{"approach": 0.5, "grasp": 1.0}``.
+        default: budget where neither table applies.
+        levels: the ladder.
+    """
+
+    kind = "schedule"
+
+    def __init__(
+        self,
+        steps: Sequence[Sequence[float]] = (),
+        phases: Mapping[str, float] | None = None,
+        default: float = 1.0,
+        levels: Sequence[float] = DEFAULT_LEVELS,
+    ) -> None:
+        super().__init__(levels)
+        _check_fraction("default", default)
+        table: list[tuple[int, float]] = []
+        if isinstance(steps, str | bytes) or not isinstance(steps, Sequence):
+            raise ValueError(f"steps: expected a list of [first_step, budget], got {steps!r}")
+        for i, row in enumerate(steps):
+            if (
+                isinstance(row, str | bytes)
+                or not isinstance(row, Sequence)
+                or len(row) != 2
+                or not _is_number(row[0])
+                or not float(row[0]).is_integer()
+                or row[0] < 0
+            ):
+                raise ValueError(f"steps[{i}]: expected [first_step >= 0, budget], got {row!r}")
+            _check_fraction(f"steps[{i}]", row[1])
+            table.append((int(row[0]), float(row[1])))
+        if phases is not None and not isinstance(phases, Mapping):
+            raise ValueError(f"phases: expected a mapping of phase name to budget, got {phases!r}")
+        firsts = [s for s, _ in table]
+        if firsts != sorted(set(firsts)):
+            raise ValueError(f"steps: first steps must be strictly increasing, got {firsts}")
+        for name, b in (phases or {}).items():
+            _check_fraction(f"phases.{name}", b)
+        self.steps = table
+        self.phases = {str(k): float(v) for k, v in (phases or {}).items()}
+        self.default = float(default)
+
+    def _choose(self, step: StepInfo) -> float:
+        b = self.default
+        if step.phase is not None and step.phase in self.phases:
+            b = self.phases[step.phase]
+        else:
+            for first, budget in self.steps:
+                if first > step.step:
+                    break
+                b = budget
+        return snap(b, self.levels)
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            **super().spec(),
+            "steps": [[s, b] for s, b in self.steps],
+            "phases": dict(self.phases),
+            "default": self.default,
+        }
+
+
+_CLASSES: dict[str, type[Scheduler]] = {
+    "fixed": Fixed,
+    "deadline": Deadline,
+    "adaptive": Adaptive,
+    "schedule": Schedule,
+}
+# the short string form "kind:value" fills this field
+_SHORT_FIELD = {"fixed": "budget", "deadline": "deadline_ms", "adaptive": "target"}
+_REQUIRED = {"deadline": ("deadline_ms",), "adaptive": ("target",)}
+_FIELDS: dict[str, tuple[str, ...]] = {
+    "fixed": ("budget", "levels"),
+    "deadline": ("deadline_ms", "window", "hysteresis", "up_after", "safety_ms", "levels"),
+    "adaptive": ("target", "signal", "low", "high", "ema", "capacity", "initial", "levels"),
+    "schedule": ("steps", "phases", "default", "levels"),
+}
+_INT_FIELDS = ("window", "up_after")
+
+
+def make_scheduler(spec: Mapping[str, Any] | str) -> Scheduler:
+    """Build a scheduler from a config dict or a short string.
+
+    Strings: ``"fixed"``, ``"fixed:0.5"``, ``"deadline:20"`` (ms), ``"adaptive:0.4"``
+    (target mean budget). Dicts: ``{"kind": "adaptive", "target": 0.4, "signal":
+    "obs"}`` -- the fields are the constructor arguments of the kind's class.
+
+    Raises:
+        ValueError: one line naming the bad field (``scheduler.<field>: ...``).
+    """
+    if isinstance(spec, str):
+        kind, sep, value = spec.strip().partition(":")
+        data: dict[str, Any] = {"kind": kind}
+        if sep:
+            if kind not in _SHORT_FIELD:
+                raise ValueError(
+                    f"scheduler: {kind!r} takes no ':value' "
+                    f"(short forms: {', '.join(k + ':<value>' for k in _SHORT_FIELD)})"
+                )
+            try:
+                data[_SHORT_FIELD[kind]] = float(value)
+            except ValueError:
+                raise ValueError(
+                    f"scheduler.{_SHORT_FIELD[kind]}: expected a number, got {value!r}"
+                ) from None
+    elif isinstance(spec, Mapping):
+        data = dict(spec)
+    else:
+        raise ValueError(f"scheduler: expected a dict or a string, got {type(spec).__name__}")
+    kind = data.pop("kind", None)
+    if kind not in _CLASSES:
+        raise ValueError(f"scheduler.kind: expected one of {', '.join(KINDS)}, got {kind!r}")
+    unknown = sorted(set(data) - set(_FIELDS[kind]))
+    if unknown:
+        raise ValueError(
+            f"scheduler.{unknown[0]}: unknown field for {kind!r} "
+            f"(known: {', '.join(_FIELDS[kind])})"
+        )
+    missing = [f for f in _REQUIRED.get(kind, ()) if f not in data]
+    if missing:
+        raise ValueError(f"scheduler.{missing[0]}: required for {kind!r}")
+    for name, value in data.items():
+        if name in _INT_FIELDS:
+            if not _is_number(value) or not float(value).is_integer():
+                raise ValueError(f"scheduler.{name}: expected an integer, got {value!r}")
+            data[name] = int(value)
+        elif name in ("signal",):
+            if not isinstance(value, str):
+                raise ValueError(f"scheduler.{name}: expected a string, got {value!r}")
+        elif name in ("levels", "steps", "phases"):
+            pass  # the constructor checks their structure
+        elif not _is_number(value) or not math.isfinite(value):
+            raise ValueError(f"scheduler.{name}: expected a finite number, got {value!r}")
+    try:
+        return _CLASSES[kind](**data)
+    except (ValueError, TypeError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"scheduler.{msg}") from None
+
+
+def _is_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, numbers.Real)
+
+
+def _check_fraction(name: str, value: Any) -> None:
+    if not _is_number(value):
+        raise ValueError(f"{name}: expected a number in (0, 1], got {value!r}")
+    if not 0.0 < float(value) <= 1.0:
+        raise ValueError(f"{name}: must be in (0, 1], got {value!r}")
+
+
+def _check_positive(name: str, value: Any) -> None:
+    if not _is_number(value):
+        raise ValueError(f"{name}: expected a number, got {value!r}")
+    if not (float(value) > 0.0 and math.isfinite(value)):
+        raise ValueError(f"{name}: must be finite and > 0, got {value!r}")
+
+
+def _as_unit_float(x: np.ndarray) -> np.ndarray:
+    a = np.asarray(x)
+    if a.dtype == np.uint8:
+        return a.astype(np.float32) / 255.0
+    return a.astype(np.float32, copy=False)
