@@ -12,8 +12,10 @@ from __future__ import annotations
 import math
 import multiprocessing
 import signal
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +23,20 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from swan_policy.budget.schedulers import Fixed, Scheduler, StepInfo, make_scheduler
 from swan_policy.config import EnvConfig
 from swan_policy.envs import check_spaces, make_env
 from swan_policy.policy import SwanPolicy
 
 EXPERT_ACTION = "expert_action"
+PHASE = "phase"  # the scripted expert's phase (schedulers' per-phase tables)
 
 
 class ExpertLabels(gym.Wrapper[Any, Any, Any, Any]):
     """Adds ``info["expert_action"]``: the scripted expert's action for the observation
-    just returned (DAgger labels). The expert reads the simulator, so it lives here, in
-    the env's own process."""
+    just returned (DAgger labels), and ``info["phase"]``: the expert's task phase there
+    (privileged: what a per-phase budget table in simulation reads). The expert reads
+    the simulator, so it lives here, in the env's own process."""
 
     def __init__(self, env: gym.Env[Any, Any]) -> None:
         super().__init__(env)
@@ -42,11 +47,13 @@ class ExpertLabels(gym.Wrapper[Any, Any, Any, Any]):
     def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
         obs, info = self.env.reset(**kwargs)
         info[EXPERT_ACTION] = np.asarray(self.expert(obs), dtype=np.float32)
+        info[PHASE] = str(getattr(self.expert, "phase", ""))
         return obs, info
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = self.env.step(action)
         info[EXPERT_ACTION] = np.asarray(self.expert(obs), dtype=np.float32)
+        info[PHASE] = str(getattr(self.expert, "phase", ""))
         return obs, float(reward), terminated, truncated, info
 
 
@@ -71,18 +78,32 @@ def make_vec_env(cfg: EnvConfig, n: int, labels: bool = False) -> Any:
 
 @dataclass
 class Episode:
-    """One finished episode (``obs``/``expert_actions`` only when collecting)."""
+    """One finished episode (``obs``/``expert_actions`` only when collecting).
+
+    ``budgets`` and ``macs`` hold the budget and the executed MACs (gate networks
+    included) of each step.
+    """
 
     seed: int
     success: bool
     ret: float
     length: int
     budgets: list[float] = field(default_factory=list)
+    macs: list[float] = field(default_factory=list)
     obs: dict[str, list[np.ndarray]] | None = None
     expert_actions: list[np.ndarray] | None = None
 
+    @property
+    def mean_budget(self) -> float:
+        return float(np.mean(self.budgets)) if self.budgets else float("nan")
+
+    @property
+    def mean_macs(self) -> float:
+        return float(np.mean(self.macs)) if self.macs else float("nan")
+
 
 BudgetFn = Callable[[dict[str, np.ndarray]], float]
+SchedulerSpec = Mapping[str, Any] | str
 
 
 def run_episodes(
@@ -95,22 +116,40 @@ def run_episodes(
     beta: float = 0.0,
     rng: np.random.Generator | None = None,
     on_episode: Callable[[Episode], None] | None = None,
+    scheduler: SchedulerSpec | Callable[[], Scheduler] | None = None,
 ) -> list[Episode]:
     """Play ``episodes`` episodes with the policy (batched over the vector env).
+
+    With a ``scheduler``, every env has its own instance (reset at each episode start)
+    that picks the budget of each of its steps from a :class:`StepInfo` (its
+    observation, its previous action, the gate-score margin of its previous forward,
+    the latency of that forward, the expert's phase when the vec env carries labels).
+    Each step, the envs are grouped by budget and each group is one batched forward,
+    so per-env budgets cost one forward per distinct level, not per env. The latency
+    an env reports is its group's forward time (batched, so it is a simulation
+    stand-in for the robot's batch-1 latency; the deadline scheduler then reacts to
+    wall-clock time and is not reproducible run to run).
 
     Args:
         policy: acts on every env each step (deterministic).
         vec: an SB3 vector env (see :func:`make_vec_env`; ``labels=True`` if collecting).
         episodes: how many episodes; episode ``j`` starts from seed ``seed + j``.
-        budget: a fixed budget, or a function of the batched observation (a scheduler).
+        budget: a fixed budget, or a function of the batched observation (one budget
+            for the whole batch). Ignored when ``scheduler`` is given.
         collect: keep observations and expert labels (DAgger).
         beta: probability of executing the expert's action instead (DAgger mixture).
         rng: randomness for the beta mixture.
         on_episode: called as each episode finishes (progress bars).
+        scheduler: a scheduler config (see :func:`make_scheduler`) or a factory
+            returning a fresh :class:`Scheduler`.
     """
     n = vec.num_envs
     rng = rng or np.random.default_rng(seed)
     done_eps: list[Episode] = []
+    scheds: list[Scheduler] | None = None
+    if scheduler is not None:
+        factory = scheduler if callable(scheduler) else (lambda: make_scheduler(scheduler))
+        scheds = [factory() for _ in range(n)]
     for wave in range(math.ceil(episodes / n)):
         first = wave * n
         active = min(n, episodes - first)
@@ -129,9 +168,32 @@ def run_episodes(
             for i in range(active)
         ]
         running = [True] * active + [False] * (n - active)
+        # per env: previous action, gate margin and forward latency (scheduler inputs)
+        last_action: list[np.ndarray | None] = [None] * n
+        margin = np.full(n, np.nan)
+        latency = np.full(n, np.nan)
+        for s in scheds or []:
+            s.reset()
         while any(running):
-            b = budget(obs) if callable(budget) else budget
-            actions = act_batch(policy, obs, b)
+            if scheds is not None:
+                budgets = np.ones(n)
+                for i in range(n):
+                    if running[i]:
+                        budgets[i] = scheds[i].budget(
+                            StepInfo(
+                                step=eps[i].length,
+                                obs={k: v[i] for k, v in obs.items()},
+                                action=last_action[i],
+                                margin=None if np.isnan(margin[i]) else float(margin[i]),
+                                latency_ms=None if np.isnan(latency[i]) else float(latency[i]),
+                                phase=infos[i].get(PHASE),
+                            )
+                        )
+                # finished envs still step with the others: give them a budget in use
+                budgets[~np.array(running)] = budgets[running.index(True)]
+            else:
+                budgets = np.full(n, budget(obs) if callable(budget) else budget)
+            actions, step_macs, margin, latency = act_grouped(policy, obs, budgets)
             if collect or beta > 0:
                 expert = np.stack([info[EXPERT_ACTION] for info in infos])
                 if beta > 0:
@@ -144,6 +206,7 @@ def run_episodes(
                     for k, v in obs.items():
                         ep.obs.setdefault(k, []).append(v[i].copy())
                     ep.expert_actions.append(expert[i].copy())
+            last_action = [a.copy() for a in actions]
             obs, rewards, dones, step_infos = vec.step(actions)
             infos = [vec.reset_infos[i] if dones[i] else step_infos[i] for i in range(n)]
             for i in range(active):
@@ -152,7 +215,8 @@ def run_episodes(
                 ep = eps[i]
                 ep.ret += float(rewards[i])
                 ep.length += 1
-                ep.budgets.append(float(b))
+                ep.budgets.append(float(budgets[i]))
+                ep.macs.append(float(step_macs[i]))
                 if dones[i]:
                     ep.success = bool(step_infos[i].get("is_success", False))
                     running[i] = False
@@ -160,6 +224,35 @@ def run_episodes(
                     if on_episode is not None:
                         on_episode(ep)
     return done_eps
+
+
+def act_grouped(
+    policy: SwanPolicy, obs: dict[str, np.ndarray], budgets: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-sample budgets: one batched forward per distinct budget.
+
+    Returns:
+        ``(actions [n, A], executed MACs [n], gate-score margin [n], latency ms [n])``;
+        the margin is the mean ``|logit|`` over every gated unit (NaN without gates),
+        the latency that of the forward that served the sample.
+    """
+    n = len(budgets)
+    actions = np.zeros((n, policy.action_dim), dtype=np.float32)
+    macs, margin, latency = np.zeros(n), np.full(n, np.nan), np.zeros(n)
+    for b in np.unique(budgets):
+        idx = np.flatnonzero(budgets == b)
+        sub = obs if idx.size == n else {k: v[idx] for k, v in obs.items()}
+        start = time.perf_counter()
+        actions[idx] = act_batch(policy, sub, float(b))
+        latency[idx] = (time.perf_counter() - start) * 1e3
+        per_layer = list(policy.executed_macs().values())
+        macs[idx] = torch.stack(per_layer).double().sum(0).cpu().numpy()
+        logits = [g.last_logits for g in policy.gates().values()]
+        if logits and all(t is not None for t in logits):
+            margin[idx] = (
+                torch.stack([t.abs().mean(1) for t in logits if t is not None]).mean(0).numpy()
+            )
+    return actions, macs, margin, latency
 
 
 @torch.inference_mode()
@@ -176,7 +269,12 @@ def act_batch(policy: SwanPolicy, obs: dict[str, np.ndarray], budget: float) -> 
 
 @dataclass
 class BudgetResult:
-    """Evaluation of one budget (or scheduler)."""
+    """Evaluation of one budget (or scheduler).
+
+    ``macs_per_step`` is the mean executed MACs per step over all steps (gate networks
+    included); ``episode_mean_budget`` / ``episode_mean_macs`` hold each episode's own
+    means, in episode order.
+    """
 
     label: str
     budget: float | None
@@ -188,9 +286,24 @@ class BudgetResult:
     mean_budget: float
     macs_per_step: float
     active_fraction: dict[str, float]
+    scheduler: dict[str, Any] | None = None
+    episode_mean_budget: list[float] = field(default_factory=list)
+    episode_mean_macs: list[float] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def scheduler_label(spec: Mapping[str, Any]) -> str:
+    """Short row label of a scheduler config: ``adaptive 0.4 (action)``, ``deadline 5 ms``."""
+    kind = spec.get("kind")
+    if kind == "fixed":
+        return f"budget {spec['budget']:g}"
+    if kind == "adaptive":
+        return f"adaptive {spec['target']:g} ({spec.get('signal', 'action')})"
+    if kind == "deadline":
+        return f"deadline {spec['deadline_ms']:g} ms"
+    return str(kind)
 
 
 def evaluate_policy(
@@ -201,22 +314,40 @@ def evaluate_policy(
     workers: int = 1,
     seed: int = 10_000,
     on_episode: Callable[[Episode], None] | None = None,
+    schedulers: Sequence[SchedulerSpec] = (),
 ) -> list[BudgetResult]:
-    """Success, return, length, active fraction per layer and MACs/step per budget."""
+    """Success, return, length, active fraction per layer and MACs/step per budget,
+    then per scheduler (every row plays the same episodes).
+
+    A per-phase schedule (``{"kind": "schedule", "phases": ...}``) reads the scripted
+    expert's phase, so the envs then run with the expert attached.
+    """
+    specs = [make_scheduler(s).spec() for s in schedulers]  # validate before any env starts
     probe = make_env(env_cfg)
     try:
         check_spaces(policy, probe)
     finally:
         probe.close()
-    vec = make_vec_env(env_cfg, min(workers, episodes))
+    labels = any(s["kind"] == "schedule" and s["phases"] for s in specs)
+    vec = make_vec_env(env_cfg, min(workers, episodes), labels=labels)
     results = []
     was_training = policy.training
     policy.eval()
     try:
-        for b in budgets:
+        rows: list[tuple[str, float | None, dict[str, Any] | None]] = [
+            (f"budget {b:g}", b, None) for b in budgets
+        ]
+        rows += [(scheduler_label(s), None, s) for s in specs]
+        for label, b, spec in rows:
             policy.reset_gate_stats()
-            eps = run_episodes(policy, vec, episodes, seed, b, on_episode=on_episode)
-            results.append(summarise(f"budget {b:g}", b, eps, policy))
+            if spec is None:
+                assert b is not None
+                # exactly b (not snapped to a ladder): the level set is b alone
+                sched: SchedulerSpec | Callable[[], Scheduler] = partial(Fixed, b, (b,))
+            else:
+                sched = spec
+            eps = run_episodes(policy, vec, episodes, seed, scheduler=sched, on_episode=on_episode)
+            results.append(summarise(label, b, eps, policy, spec))
     finally:
         vec.close()
         policy.train(was_training)
@@ -224,11 +355,17 @@ def evaluate_policy(
 
 
 def summarise(
-    label: str, budget: float | None, eps: list[Episode], policy: SwanPolicy
+    label: str,
+    budget: float | None,
+    eps: list[Episode],
+    policy: SwanPolicy,
+    scheduler: dict[str, Any] | None = None,
 ) -> BudgetResult:
     stats = policy.gate_stats()
     returns = np.array([e.ret for e in eps])
     all_budgets = [b for e in eps for b in e.budgets]
+    all_macs = [m for e in eps for m in e.macs]
+    macs = float(np.mean(all_macs)) if all_macs else float(sum(stats["macs_per_step"].values()))
     return BudgetResult(
         label=label,
         budget=budget,
@@ -238,9 +375,57 @@ def summarise(
         return_std=float(returns.std()),
         length_mean=float(np.mean([e.length for e in eps])),
         mean_budget=float(np.mean(all_budgets)) if all_budgets else float("nan"),
-        macs_per_step=float(sum(stats["macs_per_step"].values())),
+        macs_per_step=macs,
         active_fraction={k: v["active_fraction"] for k, v in stats["layers"].items()},
+        scheduler=scheduler,
+        episode_mean_budget=[e.mean_budget for e in eps],
+        episode_mean_macs=[e.mean_macs for e in eps],
     )
+
+
+def plot_tradeoff(
+    results: Sequence[BudgetResult], dense_macs: float, path: Path, title: str = ""
+) -> Path:
+    """PNG of success rate vs mean executed MACs per step (% of the dense model):
+    fixed budgets as a line, schedulers as labelled points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    fixed = sorted((r for r in results if r.scheduler is None), key=lambda r: r.macs_per_step)
+    if fixed:
+        xs = [100 * r.macs_per_step / dense_macs for r in fixed]
+        ax.plot(xs, [100 * r.success_rate for r in fixed], "o-", label="fixed budget")
+        for r, x in zip(fixed, xs, strict=True):
+            ax.annotate(
+                f"b={r.budget:g}",
+                (x, 100 * r.success_rate),
+                fontsize=8,
+                xytext=(4, -10),
+                textcoords="offset points",
+            )
+    markers = "s^vD<>P*X"
+    for i, r in enumerate(r for r in results if r.scheduler is not None):
+        ax.plot(
+            100 * r.macs_per_step / dense_macs,
+            100 * r.success_rate,
+            markers[i % len(markers)],
+            label=f"{r.label} (mean b {r.mean_budget:.2f})",
+        )
+    ax.set_xlabel("mean executed MACs per step (% of dense)")
+    ax.set_ylabel("success rate (%)")
+    ax.set_ylim(-5, 105)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def record_video(
