@@ -469,16 +469,215 @@ def compact() -> None:
     _not_yet("compact", "budget issue")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def export() -> None:
-    """Export a policy to ONNX bundles (not available yet)."""
-    _not_yet("export", "ONNX export issue")
+@app.command()
+def export(
+    run: Annotated[Path, typer.Option(help="A run directory written by swan train.")],
+    out: Annotated[Path, typer.Option(help="Bundle directory to write, e.g. bundles/<name>.")],
+    levels: Annotated[
+        str, typer.Option(help="Budget levels of the ladder, comma-separated.")
+    ] = "1,0.75,0.5,0.25",
+    gated: Annotated[
+        bool, typer.Option("--gated", help="Also export the full gated model (budget input).")
+    ] = False,
+    int8: Annotated[
+        bool,
+        typer.Option(
+            "--int8", help="Also write int8 graphs; kept only if closed-loop success holds."
+        ),
+    ] = False,
+    calib_episodes: Annotated[
+        int, typer.Option(min=1, help="Calibration rollouts that rank the ladder's units.")
+    ] = 20,
+    eval_episodes: Annotated[
+        int | None,
+        typer.Option(
+            min=0, help="Closed-loop episodes per level (default: 20 with --int8, else 0)."
+        ),
+    ] = None,
+    gates: Annotated[
+        str, typer.Option(help="Level graphs: 'folded' (plain dense) or 'kept' (gate masks).")
+    ] = "folded",
+    checkpoint: Annotated[str, typer.Option(help="'best', 'last' or a directory.")] = "best",
+    workers: Annotated[int, typer.Option(min=1, help="Parallel env processes.")] = 2,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle.")] = False,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the report as JSON.")
+    ] = None,
+) -> None:
+    """Export a trained run to an ONNX bundle: one verified dense graph per budget level."""
+    import json
+
+    from swan_policy.config import load_config
+    from swan_policy.export.onnx import ExportError
+    from swan_policy.export.pipeline import export_run
+
+    ladder_levels = parse_budgets(levels)
+    if gates not in ("folded", "kept"):
+        raise UserError(f"--gates: expected 'folded' or 'kept', got {gates!r}")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"--out: {out} exists (pass --overwrite to replace it)")
+    episodes = eval_episodes if eval_episodes is not None else (20 if int8 else 0)
+    if not (run / "config.yaml").is_file():
+        raise UserError(f"--run: {run} has no config.yaml (not a run directory)")
+    cfg = load_config(run / "config.yaml")
+    policy = load_run_policy(run, checkpoint)
+    try:
+        report, summary = export_run(
+            policy,
+            cfg,
+            run,
+            out,
+            levels=ladder_levels,
+            gates=gates,  # type: ignore[arg-type]
+            gated=gated,
+            int8=int8,
+            calib_episodes=calib_episodes,
+            eval_episodes=episodes,
+            workers=workers,
+            overwrite=overwrite,
+            log=lambda m: console.print(m, highlight=False),
+            on_level=lambda r: console.print(
+                f"level {r.budget:g}: exported, checker + parity ok", highlight=False
+            ),
+        )
+    except ExportError as e:
+        raise UserError(f"export verification failed: {e}") from None
+    except (ValueError, FileExistsError) as e:
+        raise UserError(str(e)) from None
+    closed = summary["closed_loop"] or {}
+    q8 = summary["int8"] or {}
+    table = Table(title=f"{out}: {len(report.levels)} levels, gates {report.gates}")
+    for col in ("level", "units per layer", "MMACs", "of full", "KB", "parity max |diff|"):
+        table.add_column(col, justify="right", overflow="fold")
+    if closed:
+        table.add_column(f"success ({episodes} ep)", justify="right")
+        table.add_column("p50 ms", justify="right")
+    if q8:
+        table.add_column("int8", justify="right")
+    for r in report.levels:
+        row = [
+            f"{r.budget:g}",
+            "/".join(str(n) for n in r.units.values()),
+            f"{r.macs / 1e6:.3f}",
+            f"{r.macs / report.full_macs:.0%}",
+            f"{r.bytes / 1024:.0f}",
+            f"{max(r.parity.values()):.1e}",
+        ]
+        if closed:
+            c = closed[f"{r.budget:g}"]
+            row += [f"{c['success_rate']:.0%}", f"{c['p50_ms']:.3f}"]
+        if q8:
+            v = q8[f"{r.budget:g}"]
+            row.append(f"{'kept' if v['kept'] else 'dropped'} ({v['success_rate']:.0%})")
+        table.add_row(*row)
+    console.print(table)
+    if report.gated is not None:
+        worst = max(report.gated["parity_max_abs_diff"].values())
+        console.print(f"gated.onnx (budget input): parity max |diff| {worst:.1e}")
+    console.print(
+        f"wrote {out} ({len(report.levels)} graphs, bundle.json, ladder.json); "
+        f"parity asserted at atol {report.manifest['parity_atol']:g} on random, edge and "
+        f"real observations, batch 1 and 16"
+    )
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps({"manifest": report.manifest, **summary}, indent=2))
+        console.print(f"wrote {json_out}")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def deploy() -> None:
-    """Run an exported bundle in a fixed-rate control loop (not available yet)."""
-    _not_yet("deploy", "deploy issue")
+@app.command()
+def deploy(
+    bundle: Annotated[Path, typer.Option(help="A bundle directory written by swan export.")],
+    task: Annotated[str, typer.Option(help="Gymnasium id, e.g. swan_envs/Reach-v0.")],
+    rate: Annotated[float, typer.Option(min=0, help="Control rate in Hz (0: free-run).")] = 50.0,
+    deadline_ms: Annotated[
+        float | None, typer.Option(help="Policy deadline per step in ms (misses are counted).")
+    ] = None,
+    episodes: Annotated[int, typer.Option(min=1, help="Episodes to run.")] = 20,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            help="fixed:<b>, deadline:<ms>, adaptive:<avg> (default: deadline:<deadline>)."
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the first episode.")] = 10_000,
+    precision: Annotated[
+        str, typer.Option(help="fp32, or int8 where the export kept it.")
+    ] = "fp32",
+    env_kwarg: Annotated[
+        list[str] | None, typer.Option("--env-kwarg", help="gym.make kwarg, e.g. variation=hard.")
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
+) -> None:
+    """Run a bundle in a fixed-rate control loop against the simulator, in a torch-free process.
+
+    The loop (``python -m swan_policy.deploy.loop``) blocks ``import torch``; it reports
+    success, latency percentiles per level, deadline misses and the mean budget.
+    """
+    import json
+    import subprocess
+    import tempfile
+
+    if precision not in ("fp32", "int8"):
+        raise UserError(f"--precision: expected 'fp32' or 'int8', got {precision!r}")
+    with tempfile.TemporaryDirectory() as tmp:
+        result = Path(tmp) / "deploy.json"
+        cmd = [sys.executable, "-m", "swan_policy.deploy.loop", "--bundle", str(bundle)]
+        cmd += ["--task", task, "--rate", str(rate), "--episodes", str(episodes)]
+        cmd += ["--seed", str(seed), "--precision", precision, "--json", str(result)]
+        if deadline_ms is not None:
+            cmd += ["--deadline-ms", str(deadline_ms)]
+        if scheduler is not None:
+            cmd += ["--scheduler", scheduler]
+        for item in env_kwarg or []:
+            cmd += ["--env-kwarg", item]
+        proc = subprocess.run(cmd, check=False)  # noqa: S603 (our own module, no shell)
+        if proc.returncode == 2:  # the loop printed its one-line error
+            raise typer.Exit(2)
+        if proc.returncode != 0 or not result.is_file():
+            raise UserError(f"the deploy loop failed (exit status {proc.returncode})")
+        data = json.loads(result.read_text())
+    _print_deploy(data, bundle, task)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(data, indent=2))
+        console.print(f"wrote {json_out}")
+
+
+def _print_deploy(data: dict[str, object], bundle: Path, task: str) -> None:
+    """Rich tables of a deploy loop's summary."""
+    lat = data["latency"]
+    assert isinstance(lat, dict)
+    head = Table(title=f"{bundle} on {task}: {data['episodes']} episodes at {data['rate_hz']} Hz")
+    for col in ("success", "steps", "mean budget", "deadline ms", "deadline misses", "overruns"):
+        head.add_column(col, justify="right")
+    head.add_row(
+        f"{data['success_rate']:.0%}",
+        str(data["steps"]),
+        f"{data['mean_budget']:.2f}",
+        str(data["deadline_ms"]),
+        str(data["deadline_misses"]),
+        str(data["period_overruns"]),
+    )
+    console.print(head)
+    table = Table(title="latency per step (validation + scheduling + onnxruntime), ms")
+    for col in ("level", "steps", "p50", "p99", "max", "misses"):
+        table.add_column(col, justify="right")
+    rows = [*lat["levels"].items(), ("all", lat["overall"])]
+    for name, s in rows:
+        if not s.get("steps"):
+            table.add_row(name, "0", "-", "-", "-", "-")
+            continue
+        table.add_row(
+            name,
+            str(s["steps"]),
+            f"{s['p50_ms']:.3f}",
+            f"{s['p99_ms']:.3f}",
+            f"{s['max_ms']:.3f}",
+            str(s["deadline_misses"]),
+        )
+    console.print(table)
+    console.print(f"torch imported by the loop: {data.get('torch_imported')}")
 
 
 def main(argv: list[str] | None = None) -> int:

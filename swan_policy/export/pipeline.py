@@ -1,0 +1,161 @@
+"""``swan export`` end to end: calibrate the ladder, export, evaluate closed-loop.
+
+1. **Calibration rollouts** of the trained policy at budget 1.0 in the run's env
+   (seeds ``calib_seed + i``) give the observations the ladder is ranked on
+   (:func:`swan_policy.budget.ladder.calibrate_ladder`) and the "real" observations
+   of the parity check. The ladder is saved beside the run (``runs/<name>/ladder.json``)
+   and copied into the bundle.
+2. **Export** of every level (:func:`swan_policy.export.onnx.export_bundle`), with the
+   checker and parity asserted.
+3. **Closed-loop evaluation** (optional, ``eval_episodes > 0``; required by ``int8``):
+   each level runs in the simulator through the deploy runtime (onnxruntime, the same
+   code as on the robot), episodes ``eval_seed + i``. An int8 graph is kept only if its
+   success rate is within ``int8_tolerance`` (2 points) of its fp32 level's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from swan_policy.budget.ladder import LADDER_NAME, GateHandling, calibrate_ladder
+from swan_policy.config import ExperimentConfig
+from swan_policy.export.onnx import BundleReport, LevelReport, export_bundle, set_int8_verdicts
+from swan_policy.policy import SwanPolicy
+
+INT8_TOLERANCE = 0.02
+
+
+def calibration_rollouts(
+    policy: SwanPolicy, cfg: ExperimentConfig, episodes: int, seed: int, workers: int
+) -> dict[str, np.ndarray]:
+    """Observations seen by the policy (budget 1.0) over ``episodes`` rollouts."""
+    from swan_policy.envs import check_spaces, make_env
+    from swan_policy.evaluate import make_vec_env, run_episodes
+
+    probe = make_env(cfg.env)
+    try:
+        check_spaces(policy, probe)
+    finally:
+        probe.close()
+    seen: list[dict[str, np.ndarray]] = []
+
+    def capture(obs: dict[str, np.ndarray]) -> float:
+        seen.append({k: np.array(v, copy=True) for k, v in obs.items()})
+        return 1.0
+
+    vec = make_vec_env(cfg.env, min(workers, episodes))
+    was_training = policy.training
+    policy.eval()
+    try:
+        run_episodes(policy, vec, episodes, seed, budget=capture)
+    finally:
+        vec.close()
+        policy.train(was_training)
+    return {k: np.concatenate([s[k] for s in seen]) for k in seen[0]}
+
+
+def closed_loop(
+    bundle: Path,
+    cfg: ExperimentConfig,
+    levels: Sequence[float],
+    episodes: int,
+    seed: int,
+    precision: str = "fp32",
+) -> dict[float, dict[str, Any]]:
+    """Success and latency of each level run by the deploy runtime in the simulator."""
+    from swan_policy.deploy.loop import make_sim_env, run_control_loop
+    from swan_policy.deploy.runtime import PolicyRuntime
+
+    env = make_sim_env(str(cfg.env.id), dict(cfg.env.kwargs))
+    out: dict[float, dict[str, Any]] = {}
+    try:
+        for b in levels:
+            runtime = PolicyRuntime.load(bundle, scheduler=f"fixed:{b}", precision=precision)
+            res = run_control_loop(runtime, env, episodes, seed, rate_hz=None)
+            out[b] = {
+                "success_rate": res["success_rate"],
+                "return_mean": res["return_mean"],
+                "p50_ms": res["latency"]["overall"].get("p50_ms"),
+                "p99_ms": res["latency"]["overall"].get("p99_ms"),
+            }
+    finally:
+        env.close()
+    return out
+
+
+def export_run(
+    policy: SwanPolicy,
+    cfg: ExperimentConfig,
+    run: Path,
+    out: Path,
+    *,
+    levels: Sequence[float],
+    gates: GateHandling = "folded",
+    gated: bool = False,
+    int8: bool = False,
+    calib_episodes: int = 20,
+    calib_seed: int = 0,
+    eval_episodes: int = 0,
+    eval_seed: int = 10_000,
+    workers: int = 2,
+    overwrite: bool = False,
+    log: Callable[[str], None] = print,
+    on_level: Callable[[LevelReport], None] | None = None,
+) -> tuple[BundleReport, dict[str, Any]]:
+    """Calibrate, export and (optionally) evaluate; returns the report and a summary.
+
+    Raises:
+        ValueError: ``int8`` without closed-loop episodes, or a bad level.
+        ExportError: verification failed (nothing written).
+    """
+    if int8 and eval_episodes < 1:
+        raise ValueError("--int8 needs --eval-episodes >= 1 (int8 is judged closed-loop)")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"--out: {out} exists (pass --overwrite to replace it)")
+    log(f"calibration: {calib_episodes} rollouts of {cfg.env.id} at budget 1.0")
+    obs = calibration_rollouts(policy, cfg, calib_episodes, calib_seed, workers)
+    n = int(next(iter(obs.values())).shape[0])
+    ladder = calibrate_ladder(
+        policy,
+        obs,
+        levels,
+        source=f"{calib_episodes} rollouts of {cfg.env.id} (seeds {calib_seed}+), {n} steps",
+    )
+    ladder.save(run / LADDER_NAME)
+    log(f"ladder: {n} observations, saved to {run / LADDER_NAME}")
+    report = export_bundle(
+        policy,
+        ladder,
+        out,
+        gates=gates,
+        real_obs=obs,
+        config=cfg.model_dump(mode="json"),
+        gated=gated,
+        int8=int8,
+        overwrite=overwrite,
+        on_level=on_level,
+    )
+    summary: dict[str, Any] = {"calibration_steps": n, "closed_loop": None, "int8": None}
+    if eval_episodes > 0:
+        log(f"closed loop: {eval_episodes} episodes per level (onnxruntime, seeds {eval_seed}+)")
+        fp32 = closed_loop(out, cfg, ladder.levels, eval_episodes, eval_seed)
+        summary["closed_loop"] = {f"{b:g}": v for b, v in fp32.items()}
+        if int8:
+            q = closed_loop(out, cfg, ladder.levels, eval_episodes, eval_seed, "int8")
+            verdicts = {
+                b: {
+                    "kept": q[b]["success_rate"] >= fp32[b]["success_rate"] - INT8_TOLERANCE,
+                    "success_rate": q[b]["success_rate"],
+                    "fp32_success_rate": fp32[b]["success_rate"],
+                    "p50_ms": q[b]["p50_ms"],
+                    "episodes": eval_episodes,
+                }
+                for b in ladder.levels
+            }
+            set_int8_verdicts(out, verdicts)
+            summary["int8"] = {f"{b:g}": v for b, v in verdicts.items()}
+    return report, summary
