@@ -186,12 +186,74 @@ class LogConfig(StrictModel):
     tensorboard: bool = Field(True, description="Write TensorBoard events.")
 
 
+class TeacherConfig(StrictModel):
+    """The state-based RL teacher that method 'distill' distils into a pixel student."""
+
+    config: str | None = Field(
+        None, description="RL config of the teacher, trained into <run>/teacher unless run is set."
+    )
+    run: str | None = Field(None, description="A finished RL run directory to use as the teacher.")
+
+
+class RLConfig(StrictModel):
+    """Reinforcement learning with stable-baselines3 (methods 'ppo' and 'sac')."""
+
+    total_timesteps: int = Field(100_000, ge=1, description="Environment steps in all.")
+    n_envs: int = Field(1, ge=1, description="Parallel environments (SB3 vector env).")
+    subproc: bool = Field(
+        True, description="SubprocVecEnv when n_envs > 1 (False: DummyVecEnv in this process)."
+    )
+    hyperparams: dict[str, Any] = Field(
+        default_factory=dict,
+        description="SB3 keyword arguments of PPO / SAC (n_steps, batch_size, learning_rate, ...).",
+    )
+    normalize: bool = Field(False, description="VecNormalize the proprio observations.")
+    norm_reward: bool = Field(True, description="With normalize: also normalise rewards.")
+    critic_hidden: list[int] = Field([64, 64], description="Width of each critic hidden layer.")
+    critic_gated: bool = Field(True, description="SWAN gates on the critic's hidden layers.")
+    critic_sparsity_weight: float = Field(
+        0.0, ge=0, description="Sparsity pressure on the critic's gates (the actor: policy.gate)."
+    )
+    share_features_extractor: bool = Field(
+        True, description="PPO: the critic reads the actor's features (pixels: one encoder)."
+    )
+    log_std_init: float = Field(0.0, description="PPO: initial log std of the Gaussian.")
+    ortho_init: bool = Field(True, description="PPO: SB3's orthogonal initialisation.")
+    sandwich: bool = Field(
+        False, description="Budget-robust RL: lower budgets distilled from b=1 each update."
+    )
+    b_min: float = Field(0.25, gt=0, le=1, description="Smallest budget of the sandwich.")
+    n_random_budgets: int = Field(1, ge=0, description="Random budgets per update.")
+    budget_levels: list[float] = Field(
+        [], description="Draw the random budgets from these levels (empty: uniform)."
+    )
+    distill_weight: float = Field(1.0, ge=0, description="Weight of the in-place distillation.")
+    torch_threads: int = Field(1, ge=1, description="torch threads (small nets: 1 is fastest).")
+    log_interval: int = Field(
+        1, ge=1, description="SB3 log_interval (PPO: rollouts, SAC: episodes)."
+    )
+    save_replay_buffer: bool = Field(
+        True, description="SAC: keep the replay buffer in checkpoints (exact resume)."
+    )
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> RLConfig:
+        if not self.critic_hidden or min(self.critic_hidden) < 1:
+            raise ValueError("critic_hidden must list at least one layer, each >= 1 wide")
+        if any(not self.b_min <= b <= 1 for b in self.budget_levels):
+            raise ValueError(f"budget_levels must lie in [b_min, 1], got {self.budget_levels}")
+        return self
+
+
 class ExperimentConfig(StrictModel):
     """Top level of a YAML file in configs/."""
 
     name: str = Field("swan", min_length=1, description="Run name (runs/<name>).")
     seed: int = Field(0, ge=0, description="Global random seed.")
-    method: Literal["bc", "dagger"] = Field("bc", description="Training method.")
+    method: Literal["bc", "dagger", "ppo", "sac", "distill"] = Field(
+        "bc", description="Training method (imitation, SB3 RL, or teacher -> student distillation)."
+    )
     env: EnvConfig = Field(default_factory=EnvConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     demos: DemosConfig = Field(default_factory=DemosConfig)
@@ -199,6 +261,16 @@ class ExperimentConfig(StrictModel):
     dagger: DaggerConfig = Field(default_factory=DaggerConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    rl: RLConfig = Field(default_factory=RLConfig)
+
+    @model_validator(mode="after")
+    def _check_method(self) -> ExperimentConfig:
+        teacher = self.rl.teacher
+        if self.method == "distill" and (teacher.config is None) == (teacher.run is None):
+            raise ValueError(
+                "method 'distill' needs exactly one of rl.teacher.config, rl.teacher.run"
+            )
+        return self
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:

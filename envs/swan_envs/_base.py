@@ -21,6 +21,8 @@ PROPRIO = "proprio"
 
 ASSETS = Path(__file__).parent / "assets"
 VARIATIONS = ("none", "hard")
+# "state": privileged low-dimensional observations, no image (state-based RL teachers, issue 5).
+OBS_MODES = ("pixels", "state")
 
 ObsDict = dict[str, np.ndarray]
 
@@ -92,6 +94,8 @@ class SwanMujocoEnv(gym.Env[ObsDict, np.ndarray]):
     workspace: float = 0.22
     # Number of actions if it differs from the number of actuators (e.g. one grip command).
     action_dim: int | None = None
+    # Length of ``_task_state`` (what only the image shows: targets, objects); 0 = no state mode.
+    task_state_dim: int = 0
 
     def __init__(
         self,
@@ -101,9 +105,14 @@ class SwanMujocoEnv(gym.Env[ObsDict, np.ndarray]):
         variation: str = "none",
         render_width: int = 256,
         render_height: int = 256,
+        obs_mode: str = "pixels",
     ) -> None:
         if variation not in VARIATIONS:
             raise ValueError(f"variation must be one of {VARIATIONS}, got {variation!r}")
+        if obs_mode not in OBS_MODES:
+            raise ValueError(f"obs_mode must be one of {OBS_MODES}, got {obs_mode!r}")
+        if obs_mode == "state" and not self.task_state_dim:
+            raise ValueError(f"obs_mode='state' is not available for {type(self).__name__}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         for name, value in (("width", width), ("height", height)):
@@ -112,13 +121,15 @@ class SwanMujocoEnv(gym.Env[ObsDict, np.ndarray]):
         self.width, self.height = width, height
         self.render_mode = render_mode
         self.variation = variation
+        self.obs_mode = obs_mode
 
         self.model = mujoco.MjModel.from_xml_path(str(ASSETS / self.xml_file))
         self.data = mujoco.MjData(self.model)
         self.dt = float(self.model.opt.timestep) * self.frame_skip
         self.metadata = {**self.metadata, "render_fps": int(round(1.0 / self.dt))}
 
-        self._renderer = make_renderer(self.model, height, width)
+        # state mode renders nothing per step (render() for videos still works)
+        self._renderer = make_renderer(self.model, height, width) if obs_mode == "pixels" else None
         self._render_size = (render_height, render_width)
         self._big_renderer: mujoco.Renderer | None = None
         self._cam_id = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_CAMERA, self.camera)
@@ -139,12 +150,20 @@ class SwanMujocoEnv(gym.Env[ObsDict, np.ndarray]):
         n_act = int(self.model.nu) if self.action_dim is None else self.action_dim
         self.action_shape: tuple[int, ...] = (n_act,)
         self.action_space = spaces.Box(-1.0, 1.0, shape=self.action_shape, dtype=np.float32)
-        self.observation_space = spaces.Dict(  # type: ignore[assignment]
-            {
-                PIXELS: spaces.Box(0, 255, shape=(height, width, 3), dtype=np.uint8),
-                PROPRIO: spaces.Box(-np.inf, np.inf, shape=(self.proprio_dim,), dtype=np.float32),
-            }
-        )
+        if obs_mode == "state":
+            n_state = self.proprio_dim + self.task_state_dim
+            self.observation_space = spaces.Dict(  # type: ignore[assignment]
+                {PROPRIO: spaces.Box(-np.inf, np.inf, shape=(n_state,), dtype=np.float32)}
+            )
+        else:
+            self.observation_space = spaces.Dict(  # type: ignore[assignment]
+                {
+                    PIXELS: spaces.Box(0, 255, shape=(height, width, 3), dtype=np.uint8),
+                    PROPRIO: spaces.Box(
+                        -np.inf, np.inf, shape=(self.proprio_dim,), dtype=np.float32
+                    ),
+                }
+            )
         self.elapsed_steps = 0  # steps since reset; the experts use it to notice new episodes
 
     # ---- the task interface -------------------------------------------------------------------
@@ -168,6 +187,10 @@ class SwanMujocoEnv(gym.Env[ObsDict, np.ndarray]):
     def _keep_clear(self) -> list[np.ndarray]:
         """Points (x, y) the distractors must not cover (targets, objects)."""
         return []
+
+    def _task_state(self) -> np.ndarray:
+        """What only the image shows (targets, objects), ``task_state_dim`` values."""
+        raise NotImplementedError
 
     # ---- gymnasium API ------------------------------------------------------------------------
 
@@ -217,7 +240,18 @@ class SwanMujocoEnv(gym.Env[ObsDict, np.ndarray]):
 
     # ---- helpers ------------------------------------------------------------------------------
 
+    def state_observation(self) -> ObsDict:
+        """The privileged observation of the current state: ``{"proprio": proprio + task state}``.
+
+        What ``obs_mode="state"`` returns from ``reset``/``step``; a state-based teacher reads
+        it to label the states a pixel student visits (DAgger distillation, issue 5).
+        """
+        state = np.concatenate([self._proprio(), self._task_state()])
+        return {PROPRIO: state.astype(np.float32)}
+
     def _get_obs(self) -> ObsDict:
+        if self._renderer is None:
+            return self.state_observation()
         self._renderer.update_scene(self.data, camera=self._cam_id)
         pixels = self._renderer.render()
         proprio = self._proprio().astype(np.float32)

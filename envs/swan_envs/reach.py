@@ -27,6 +27,11 @@ class ReachEnv(SwanMujocoEnv):
     ``Dict(pixels=Box(0, 255, (height, width, 3), uint8), proprio=Box(-inf, inf, (6,), float32))``.
     ``proprio`` = [cos q0, sin q0, cos q1, sin q1, dq0, dq1].
 
+    With ``obs_mode="state"`` (privileged, for state-based RL teachers): no image, and
+    ``Dict(proprio=Box(-inf, inf, (10,), float32))`` = the 6 values above + [target x, target y,
+    target x - fingertip x, target y - fingertip y] (metres). ``env.unwrapped.state_observation()``
+    returns the same in either mode.
+
     ## Rewards
     ``-distance(fingertip, target) - 0.01 * |action|^2`` per step (metres).
 
@@ -40,11 +45,13 @@ class ReachEnv(SwanMujocoEnv):
 
     ## Arguments
     ``gymnasium.make("swan_envs/Reach-v0", width=64, height=64, render_mode=None,
-    variation="none", render_width=256, render_height=256)``. ``variation="hard"`` randomises
-    colours, lighting, a small camera shift and adds 1-2 visual-only distractors at each reset.
+    variation="none", render_width=256, render_height=256, obs_mode="pixels")``.
+    ``variation="hard"`` randomises colours, lighting, a small camera shift and adds 1-2
+    visual-only distractors at each reset. ``obs_mode="state"``: see Observation Space.
 
     ## Version History
-    * v0: initial release (issue 3).
+    * v0: initial release (issue 3); ``obs_mode`` added in issue 5 (the default observations
+      and the dynamics are unchanged).
     """
 
     xml_file = "reach.xml"
@@ -53,6 +60,7 @@ class ReachEnv(SwanMujocoEnv):
     recolour_geoms = ("floor", "target", "link0", "link1", "fingertip")
     workspace = 0.26
     success_radius = 0.025
+    task_state_dim = 4
 
     def _sample_state(self) -> None:
         rng = self.np_random
@@ -83,3 +91,7 @@ class ReachEnv(SwanMujocoEnv):
 
     def _keep_clear(self) -> list[np.ndarray]:
         return [self.target]
+
+    def _task_state(self) -> np.ndarray:
+        tip = self._site_pos("fingertip")[:2]
+        return np.concatenate([self.target, self.target - tip])
