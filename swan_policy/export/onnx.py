@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -547,8 +548,10 @@ def quantize_level(
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.rows, None)
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # onnxruntime.quantization logs advice on the root logger
+    try:
         quantize_static(
             str(fp32),
             str(dest),
@@ -558,6 +561,8 @@ def quantize_level(
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
         )
+    finally:
+        root.setLevel(level)
     a, b = load_session(fp32), load_session(dest)
     diff = 0.0
     for batch in calib:
