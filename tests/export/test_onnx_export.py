@@ -51,13 +51,13 @@ def _export(tmp: Path, cfg, levels, **kwargs) -> tuple[SwanPolicy, dict, BundleR
 @pytest.fixture(scope="module")
 def pixel_bundle(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pixels")
-    return _export(tmp, tiny_config(), (1.0, 0.5), gates="kept", gated=True)
+    return _export(tmp, tiny_config(), (1.0, 0.5), gates="folded", gated=True)
 
 
 @pytest.fixture(scope="module")
 def state_bundle(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("state")
-    return _export(tmp, state_config(), (1.0, 0.25), gates="folded", int8=True)
+    return _export(tmp, state_config(), (1.0, 0.25), gates="kept", int8=True)
 
 
 @pytest.mark.parametrize("which", ["pixel_bundle", "state_bundle"])
@@ -125,10 +125,10 @@ def test_metadata_round_trip(pixel_bundle) -> None:
     for lvl in report.levels:
         path = report.path / lvl.file
         meta = read_metadata(path)
-        level_model = level_policy(policy, extra["ladder"], lvl.budget, gates="kept")
+        level_model = level_policy(policy, extra["ladder"], lvl.budget, gates="folded")
         assert json.loads(meta["obs_spec"]) == policy.obs_spec.to_json()
         assert json.loads(meta["inputs"]) == ["pixels", "proprio"]
-        assert json.loads(meta["outputs"]) == ["action", "gate_margin"]
+        assert json.loads(meta["outputs"]) == ["action"]  # folded: no gates, no margin
         assert json.loads(meta["action_low"]) == policy.action_low.tolist()
         assert json.loads(meta["action_high"]) == policy.action_high.tolist()
         assert float(meta["level"]) == lvl.budget
@@ -143,16 +143,16 @@ def test_metadata_round_trip(pixel_bundle) -> None:
         assert {k[len("swan.") :]: v for k, v in custom.items()} == meta
 
 
-def test_kept_gates_output_the_gate_margin(pixel_bundle) -> None:
-    policy, extra, report = pixel_bundle
+def test_kept_gates_output_the_gate_margin(state_bundle) -> None:
+    policy, extra, report = state_bundle
     obs = random_obs(policy.config, 4, seed=9)
-    level_model = level_policy(policy, extra["ladder"], 0.5, gates="kept")
+    level_model = level_policy(policy, extra["ladder"], 0.25, gates="kept")
     with torch.no_grad():
         level_model(obs, 1.0)
         expected = torch.stack(
             [g.last_logits.abs().mean(1) for g in level_model.gates().values()]
         ).mean(0)
-    sess = ort.InferenceSession(str(report.path / "level_0.50.onnx"))
+    sess = ort.InferenceSession(str(report.path / "level_0.25.onnx"))
     _, margin = sess.run(None, {k: v.numpy() for k, v in obs.items()})
     np.testing.assert_allclose(margin, expected.numpy(), atol=1e-5)
 
@@ -179,9 +179,9 @@ def test_parity_failure_is_an_error(pixel_bundle, tmp_path) -> None:
 
     class Off(PolicyGraph):
         def forward(self, *inputs):
-            return super().forward(*inputs)[0] + 1e-3
+            return super().forward(*inputs) + 1e-3
 
-    graph = Off(level_policy(policy, extra["ladder"], 1.0, gates="kept"), margin=True)
+    graph = Off(level_policy(policy, extra["ladder"], 1.0), margin=False)
     inputs = onnx_export.parity_inputs(policy)
     with pytest.raises(ExportError, match=r"level_1.00.onnx: torch vs onnxruntime differ by"):
         check_parity(graph, report.path / "level_1.00.onnx", inputs)
