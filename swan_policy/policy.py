@@ -412,7 +412,8 @@ class SwanPolicy(nn.Module):
         except ConfigError as e:
             raise CheckpointError(f"{directory / CONFIG_NAME}: {e}") from None
         state = load_tensors(directory / WEIGHTS_NAME)
-        policy = cls(config)
+        with torch.random.fork_rng(devices=[]):  # the init's draws are overwritten below:
+            policy = cls(config)  # keep them out of the caller's RNG stream
         check_state_dict(policy.state_dict(), state, directory / WEIGHTS_NAME)
         policy.load_state_dict(state, strict=True)
         return policy.to(device)

@@ -3,21 +3,27 @@
 No pickle anywhere in a load path (RELIABILITY.md row 1): a file is read with the
 safetensors parser, which never executes code, and anything it rejects -- a pickle
 renamed ``.safetensors``, a truncated file -- becomes a :class:`CheckpointError` that
-names the path and the expected format.
+names the path and the expected format. safetensors has no checksum of its own, so
+:func:`save_tensors` records the SHA-256 of the tensor data in the header's metadata
+(``swan.sha256``) and :func:`load_tensors` refuses a file whose data no longer matches
+it (row 2: a flipped byte would otherwise load as silently wrong weights).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save
 from torch import Tensor
+
+SHA256_KEY = "swan.sha256"  # safetensors metadata: SHA-256 of the file's tensor data
 
 
 class CheckpointError(ValueError):
@@ -25,11 +31,14 @@ class CheckpointError(ValueError):
 
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Write via ``write(tmp)`` to a temp file in the same directory, fsync, rename."""
+    """Write via ``write(tmp)`` to a temp file in the same directory, fsync, rename.
+
+    The temp file is created with the umask's permissions (``mkstemp``'s 0600 would
+    make every checkpoint unreadable to the user's group).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         write(tmp)
         with open(tmp, "rb+") as f:
@@ -39,25 +48,45 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _data_section(blob: bytes) -> bytes:
+    """The tensor bytes of a safetensors blob (after the length prefix and the header)."""
+    return blob[8 + int.from_bytes(blob[:8], "little") :]
+
+
 def save_tensors(
     path: Path, tensors: Mapping[str, Tensor], metadata: dict[str, str] | None = None
 ) -> None:
-    """Atomically save tensors as safetensors (contiguous CPU copies)."""
+    """Atomically save tensors as safetensors (contiguous CPU copies) with a data checksum."""
     data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(data, str(tmp), metadata=metadata))
+    # the data section does not depend on the metadata: serialise, hash, serialise again
+    digest = hashlib.sha256(_data_section(save(data))).hexdigest()
+    blob = save(data, metadata={**(metadata or {}), SHA256_KEY: digest})
+    atomic_write(path, lambda tmp: tmp.write_bytes(blob))
 
 
 def load_tensors(path: Path) -> dict[str, Tensor]:
-    """Load a safetensors file, or raise :class:`CheckpointError` naming the path."""
+    """Load a safetensors file, or raise :class:`CheckpointError` naming the path.
+
+    Files written by :func:`save_tensors` carry the SHA-256 of their tensor data; a
+    mismatch (a corrupted file) is refused. Files from other tools load unchecked.
+    """
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found (expected a safetensors file)")
     try:
-        return load_file(str(path), device="cpu")
+        blob = path.read_bytes()
+        tensors = load(blob)
+        header = json.loads(blob[8 : 8 + int.from_bytes(blob[:8], "little")])
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(
             f"{path}: not a valid safetensors file ({e}); swan-policy only loads "
             "safetensors weights, never pickle"
         ) from None
+    expected = (header.get("__metadata__") or {}).get(SHA256_KEY)
+    if expected is not None and hashlib.sha256(_data_section(blob)).hexdigest() != expected:
+        raise CheckpointError(
+            f"{path}: tensor data does not match the SHA-256 in its header (the file is corrupted)"
+        )
+    return tensors
 
 
 def save_json(path: Path, obj: Any) -> None:

@@ -11,14 +11,17 @@ Layout (DESIGN.md §8)::
 A checkpoint is written into a hidden temp directory and renamed into place (atomic on
 one filesystem); only then is ``last`` replaced (atomically). A crash or SIGKILL at any
 moment leaves the previous checkpoint intact and ``last`` pointing at a complete one;
-leftover temp directories are removed by the next save or load.
+leftover temp directories (and a temp file of ``last``) are removed by the next save or
+load (tests/reliability/test_crash_safety.py kills a real ``swan train`` mid-write).
 """
 
 from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,8 +110,13 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None,
     state: TrainerState,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    extra: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write ``checkpoints/step_<n>`` atomically, then move ``last`` to it."""
+    """Write ``checkpoints/step_<n>`` atomically, then move ``last`` to it.
+
+    ``extra(tmp_dir)`` writes further files into the checkpoint before it is moved into
+    place (RL runs: the SB3 model's tensors, VecNormalize statistics).
+    """
     ckpt_root = run_dir / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
     _remove_temp_dirs(ckpt_root)
@@ -117,6 +125,8 @@ def save_checkpoint(
     tmp.mkdir()
     try:
         policy.save_pretrained(tmp)
+        if extra is not None:
+            extra(tmp)
         rng_tensors, rng_meta = capture_rng()
         opt_tensors: dict[str, Tensor] = {}
         opt_meta: dict[str, Any] | None = None
@@ -147,11 +157,21 @@ def save_checkpoint(
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint ``last`` points to, or None if the run has none."""
+    """The checkpoint ``last`` points to, or None if the run has none.
+
+    Raises:
+        CheckpointError: ``last`` is not a checkpoint name (``step_<n>``; nothing outside
+            the checkpoints directory) or names an incomplete checkpoint.
+    """
     pointer = run_dir / "checkpoints" / LAST
     if not pointer.is_file():
         return None
-    target = run_dir / "checkpoints" / pointer.read_text().strip()
+    name = pointer.read_bytes().decode("utf-8", errors="replace").strip()
+    if not re.fullmatch(r"step_\d+", name):
+        raise CheckpointError(
+            f"{pointer}: expected a checkpoint name like 'step_100', got {name[:60]!r}"
+        )
+    target = run_dir / "checkpoints" / name
     if not (target / "trainer_state.json").is_file():
         raise CheckpointError(f"{pointer}: points to {target.name}, which is incomplete")
     return target
@@ -197,9 +217,12 @@ def load_checkpoint(ckpt: Path) -> Checkpoint:
 
 
 def _remove_temp_dirs(ckpt_root: Path) -> None:
+    """Remove what a killed save left: temp checkpoint dirs and the pointer's temp file."""
     if ckpt_root.is_dir():
         for p in ckpt_root.glob(f"{TMP_PREFIX}*"):
             shutil.rmtree(p, ignore_errors=True)
+        for p in ckpt_root.glob(f".{LAST}.*.tmp"):  # atomic_write's temp file for `last`
+            p.unlink(missing_ok=True)
 
 
 def _fsync_dir(path: Path) -> None:

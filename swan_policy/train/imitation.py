@@ -4,6 +4,10 @@ Read top to bottom: :func:`bc_update` is one gradient step; :func:`dagger_round`
 round of roll out -> label with the expert -> aggregate; :func:`train` runs BC and the
 rounds with logging, evaluation, checkpoints, resume and Ctrl-C handling.
 
+The labeller is the scripted expert by default; method ``distill`` (issue 5) passes a
+:func:`teacher_labeller`: a trained state-based SwanPolicy that labels the student's states
+from the env's privileged state, and whose own episodes replace the demo file.
+
 Multi-process training uses torch.distributed DDP when launched by ``torchrun``
 (gloo on CPU, nccl on GPU): each rank samples its own batches, gradients are averaged
 by DDP, rank 0 logs, evaluates and checkpoints.
@@ -14,15 +18,18 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -31,7 +38,13 @@ from torch import Tensor, nn
 from swan_policy.config import ExperimentConfig, dump_config
 from swan_policy.data.augment import random_shift
 from swan_policy.envs import make_env, resolve_policy_config
-from swan_policy.evaluate import BudgetResult, evaluate_policy, make_vec_env, run_episodes
+from swan_policy.evaluate import (
+    EXPERT_ACTION,
+    BudgetResult,
+    evaluate_policy,
+    make_vec_env,
+    run_episodes,
+)
 from swan_policy.policy import SwanPolicy
 from swan_policy.serialization import load_tensors, save_tensors
 from swan_policy.spec import PIXELS, PROPRIO
@@ -138,22 +151,101 @@ def bc_update(
     return info
 
 
+# ----------------------------------------------------------------------------- labellers
+# Wraps an env so that ``info["expert_action"]`` labels each observation (in the env's process).
+Labeller = Callable[[gym.Env[Any, Any]], gym.Env[Any, Any]]
+
+
+class TeacherLabels(gym.Wrapper[Any, Any, Any, Any]):
+    """Adds ``info["expert_action"]``: a trained teacher SwanPolicy's action for the state
+    just reached, computed from ``env.unwrapped.state_observation()`` (the privileged
+    observation a state-based teacher was trained on, e.g. Reach-v0 ``obs_mode="state"``).
+    """
+
+    def __init__(self, env: gym.Env[Any, Any], teacher_dir: str) -> None:
+        super().__init__(env)
+        state_fn = getattr(env.unwrapped, "state_observation", None)
+        if not callable(state_fn):
+            raise ValueError(
+                f"{env.unwrapped}: no state_observation(); a state teacher needs the env's "
+                "privileged state (swan_envs tasks provide it)"
+            )
+        self.state_observation: Callable[[], dict[str, np.ndarray]] = state_fn
+        torch.set_num_threads(1)  # one per env worker
+        self.teacher = SwanPolicy.from_pretrained(teacher_dir).eval()
+        self.teacher.track_stats = False
+        for gate in self.teacher.gates().values():
+            gate.track_stats = False
+
+    def _label(self, info: dict[str, Any]) -> dict[str, Any]:
+        info[EXPERT_ACTION] = self.teacher.act(self.state_observation())
+        return info
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        obs, info = self.env.reset(**kwargs)
+        return obs, self._label(info)
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs, float(reward), terminated, truncated, self._label(info)
+
+
+def teacher_labeller(teacher_dir: str | Path) -> Labeller:
+    """A labeller from a teacher policy directory (``save_pretrained`` layout)."""
+    SwanPolicy.from_pretrained(teacher_dir)  # fail here, not in every worker
+    return partial(TeacherLabels, teacher_dir=str(teacher_dir))
+
+
+def _labelled_env(env_cfg: Any, labeller: Labeller) -> gym.Env[Any, Any]:
+    import multiprocessing
+    import signal as _signal
+
+    if multiprocessing.parent_process() is not None:
+        _signal.signal(_signal.SIGINT, _signal.SIG_IGN)  # Ctrl-C is the trainer's
+    return labeller(make_env(env_cfg))
+
+
+def labelled_vec_env(cfg: ExperimentConfig, n: int, labeller: Labeller | None) -> Any:
+    """``n`` envs whose infos carry labels: the scripted expert's, or ``labeller``'s."""
+    if labeller is None:
+        return make_vec_env(cfg.env, n, labels=True)
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+    fns: list[Callable[[], gym.Env[Any, Any]]] = [
+        partial(_labelled_env, cfg.env, labeller) for _ in range(n)
+    ]
+    return SubprocVecEnv(fns, start_method="forkserver") if n > 1 else DummyVecEnv(fns)
+
+
 # ----------------------------------------------------------------------------- one DAgger round
 def dagger_round(
-    policy: SwanPolicy, cfg: ExperimentConfig, round_index: int, progress: Any = None
+    policy: SwanPolicy,
+    cfg: ExperimentConfig,
+    round_index: int,
+    progress: Any = None,
+    labeller: Labeller | None = None,
+    episodes: int | None = None,
+    beta: float | None = None,
 ) -> tuple[BCData, float]:
     """Roll out the policy (mixed with the expert w.p. beta), label every visited state
-    with the expert's action, and return the new samples and the rollout success rate."""
+    with the expert's action, and return the new samples and the rollout success rate.
+
+    ``labeller`` (default: the scripted expert), ``episodes`` (default
+    ``dagger.episodes_per_round``) and ``beta`` (default ``beta0 * decay^(r-1)``) are
+    what distillation's round 0 changes: the teacher drives (beta = 1) and labels.
+    """
     dc = cfg.dagger
-    beta = dc.beta0 * dc.beta_decay ** (round_index - 1)
-    vec = make_vec_env(cfg.env, min(cfg.eval.workers, dc.episodes_per_round), labels=True)
+    if beta is None:
+        beta = dc.beta0 * dc.beta_decay ** (round_index - 1)
+    n_eps = episodes or dc.episodes_per_round
+    vec = labelled_vec_env(cfg, min(cfg.eval.workers, n_eps), labeller)
     policy.eval()
     try:
         seed = cfg.seed * 1_000_003 + 100_000 * round_index  # disjoint from eval seeds
         eps = run_episodes(
             policy,
             vec,
-            dc.episodes_per_round,
+            n_eps,
             seed,
             dc.budget,
             collect=True,
@@ -225,13 +317,13 @@ def lr_lambda(cfg: ExperimentConfig, total_steps: int) -> Any:
 
 
 def total_steps(cfg: ExperimentConfig) -> int:
-    rounds = cfg.dagger.rounds if cfg.method == "dagger" else 0
+    rounds = cfg.dagger.rounds if cfg.method in ("dagger", "distill") else 0
     return cfg.bc.steps + rounds * cfg.dagger.steps_per_round
 
 
 def round_boundaries(cfg: ExperimentConfig) -> list[int]:
     """Global steps after which DAgger round r (1-based) collects data."""
-    rounds = cfg.dagger.rounds if cfg.method == "dagger" else 0
+    rounds = cfg.dagger.rounds if cfg.method in ("dagger", "distill") else 0
     return [cfg.bc.steps + r * cfg.dagger.steps_per_round for r in range(rounds)]
 
 
@@ -255,8 +347,34 @@ def _eval_record(step: int, results: list[BudgetResult]) -> dict[str, Any]:
     return rec
 
 
-def train(cfg: ExperimentConfig, run_dir: Path, resume: bool = False, show: bool = True) -> Path:
+def teacher_demos(
+    policy_cfg: Any, cfg: ExperimentConfig, labeller: Labeller, path: Path, show: bool
+) -> BCData:
+    """Distillation's demonstrations: ``demos.episodes`` episodes that the teacher drives
+    and labels (DAgger round 0 with beta = 1), saved to ``path`` and reused on resume."""
+    if not path.exists():
+        driver = SwanPolicy(policy_cfg)  # its actions are never executed (beta = 1)
+        new, success = dagger_round(
+            driver, cfg, 0, labeller=labeller, episodes=cfg.demos.episodes, beta=1.0
+        )
+        save_tensors(path, {"pixels": new.pixels, "proprio": new.proprio, "actions": new.actions})
+        if show:
+            print(f"teacher demos: {cfg.demos.episodes} episodes, success {success:.0%}")
+    saved = load_tensors(path)
+    return BCData(saved["pixels"], saved["proprio"], saved["actions"])
+
+
+def train(
+    cfg: ExperimentConfig,
+    run_dir: Path,
+    resume: bool = False,
+    show: bool = True,
+    labeller: Labeller | None = None,
+) -> Path:
     """Train a gated policy by BC (+ DAgger); returns the final checkpoint directory.
+
+    With a ``labeller`` (method ``distill``) the demonstrations are the labeller's own
+    episodes (:func:`teacher_demos`) and it labels the DAgger rounds.
 
     Raises:
         TrainingInterrupted: after Ctrl-C (a checkpoint was written first).
@@ -278,6 +396,7 @@ def train(cfg: ExperimentConfig, run_dir: Path, resume: bool = False, show: bool
     )
     torch.manual_seed(cfg.seed + ctx.rank)
     np.random.seed(cfg.seed + ctx.rank)  # noqa: NPY002  (legacy stream used by SB3 helpers)
+    random.seed(cfg.seed + ctx.rank)  # checkpoints save this stream too: make it the seed's
 
     # --- environment, demos and policy --------------------------------------------------
     env = make_env(cfg.env)
@@ -285,7 +404,11 @@ def train(cfg: ExperimentConfig, run_dir: Path, resume: bool = False, show: bool
     low, high = env.action_space.low, env.action_space.high  # type: ignore[attr-defined]
     env.close()
     demo_path = Path(cfg.demos.path)
-    if ctx.main and not demo_path.exists():
+    if labeller is not None:
+        demo_path = run_dir / "dagger" / "round_0.safetensors"
+        if ctx.main:
+            teacher_demos(policy_cfg, cfg, labeller, demo_path, show)
+    elif ctx.main and not demo_path.exists():
         from swan_policy.data.demos import collect_demos
 
         console.print(f"collecting {cfg.demos.episodes} expert demos -> {demo_path}")
@@ -301,7 +424,11 @@ def train(cfg: ExperimentConfig, run_dir: Path, resume: bool = False, show: bool
         )
     if ctx.world > 1:
         dist.barrier()
-    data = load_bc_data(demo_path)
+    if labeller is not None:
+        saved = load_tensors(demo_path)
+        data = BCData(saved["pixels"], saved["proprio"], saved["actions"])
+    else:
+        data = load_bc_data(demo_path)
     ckpt = latest_checkpoint(run_dir) if resume else None
     state = TrainerState()
     if ckpt is not None:
@@ -390,7 +517,7 @@ def train(cfg: ExperimentConfig, run_dir: Path, resume: bool = False, show: bool
                 progress.update(task, description=f"dagger round {r}")
                 path = run_dir / "dagger" / f"round_{r}.safetensors"
                 if ctx.main:
-                    new, success = dagger_round(policy, cfg, r)
+                    new, success = dagger_round(policy, cfg, r, labeller=labeller)
                     save_tensors(
                         path, {"pixels": new.pixels, "proprio": new.proprio, "actions": new.actions}
                     )
