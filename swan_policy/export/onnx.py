@@ -116,7 +116,9 @@ class DenseLevelGraph(nn.Module):
       (valid because the first conv has no padding);
     * proprio: ``W ((p - mean) / std) + b = (W / std) p + (b - (W / std) mean)`` in the
       first layer that reads it (the proprio MLP, or the head's first layer);
-    * actions: ``low + (tanh(z) + 1) * (high - low) / 2 = tanh(z) * s + c``, then clip.
+    * actions: ``low + (tanh(z) + 1) * (high - low) / 2 = tanh(z) * s + c``, then clip
+      (one ``Clip`` when every dimension has the same bounds; nothing but the tanh for
+      the common ``[-1, 1]`` box).
     """
 
     scale: Tensor
@@ -145,6 +147,10 @@ class DenseLevelGraph(nn.Module):
             target.bias.sub_(w @ p.proprio_mean)
             target.weight[:, cols] = w
         self.policy = p
+        low, high = p.action_low.tolist(), p.action_high.tolist()
+        same = len(set(low)) == 1 and len(set(high)) == 1
+        self.box = (low[0], high[0]) if same else None
+        self.unit_box = self.box == (-1.0, 1.0)
         scale = 0.5 * (p.action_high - p.action_low)
         self.register_buffer("scale", scale.clone())
         self.register_buffer("offset", (p.action_low + scale).clone())
@@ -168,7 +174,12 @@ class DenseLevelGraph(nn.Module):
         h = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         for layer in p.head.hidden:
             h = torch.relu(layer.linear(h))
-        a = torch.tanh(p.head.out(h)) * self.scale + self.offset
+        a = torch.tanh(p.head.out(h))
+        if self.unit_box:  # bounds [-1, 1]: tanh already is the action (|tanh| <= 1)
+            return a
+        a = a * self.scale + self.offset
+        if self.box is not None:  # the same bounds on every dimension: one Clip op
+            return torch.clamp(a, self.box[0], self.box[1])
         return torch.minimum(torch.maximum(a, p.action_low), p.action_high)
 
 

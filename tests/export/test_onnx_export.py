@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from swan_policy import __version__
-from swan_policy.budget.ladder import calibrate_ladder, graph_macs, level_policy
+from swan_policy.budget.ladder import calibrate_ladder, fold_all_gates, graph_macs, level_policy
 from swan_policy.deploy import PolicyRuntime
 from swan_policy.export import onnx as onnx_export
 from swan_policy.export.onnx import (
     BundleReport,
+    DenseLevelGraph,
     ExportError,
     PolicyGraph,
     check_parity,
@@ -35,7 +36,7 @@ def _trained_like(cfg, seed: int) -> SwanPolicy:
     policy = SwanPolicy(cfg).eval()
     dim, act = policy.proprio_dim, policy.action_dim
     policy.set_normalization(
-        np.linspace(-1, 1, dim), np.linspace(0.5, 2, dim), -2 * np.ones(act), np.ones(act)
+        np.linspace(-1, 1, dim), np.linspace(0.5, 2, dim), -np.arange(1, act + 1), np.ones(act)
     )
     return policy
 
@@ -221,3 +222,23 @@ def test_int8_candidates_and_verdicts(state_bundle) -> None:
     # the dropped level falls back to fp32
     again = PolicyRuntime.load(report.path, scheduler="fixed:0.25", precision="int8")
     np.testing.assert_array_equal(again.act(one), fp32.act(one))
+
+
+@pytest.mark.parametrize(
+    ("low", "high"), [((-1.0, -1.0), (1.0, 1.0)), ((-2.0, -2.0), (3.0, 3.0)), ((-2, 0), (1, 5))]
+)
+@pytest.mark.parametrize("cfg", [tiny_config, state_config])
+def test_fused_dense_graph_equals_the_policy(cfg, low, high) -> None:
+    """The folded normalisation and action affine are the same function (torch side)."""
+    torch.manual_seed(1)
+    policy = fold_all_gates(SwanPolicy(cfg()).eval())
+    dim, act = policy.proprio_dim, policy.action_dim
+    policy.set_normalization(
+        np.linspace(-1, 1, dim), np.linspace(0.5, 2, dim), np.array(low[:act]), np.array(high[:act])
+    )
+    obs = random_obs(policy.config, 8, seed=2)
+    names = ["pixels", "proprio"] if policy.encoder is not None else ["proprio"]
+    with torch.no_grad():
+        fused = DenseLevelGraph(policy)(*[obs[k] for k in names])
+        reference = PolicyGraph(policy)(*[obs[k] for k in names])
+    torch.testing.assert_close(fused, reference, atol=1e-5, rtol=0)
