@@ -463,10 +463,120 @@ def load_run_policy(run: Path, which: str = "best") -> SwanPolicy:
     return SwanPolicy.from_pretrained(last)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def compact() -> None:
-    """Compact a trained policy into smaller dense models (not available yet)."""
-    _not_yet("compact", "budget issue")
+@app.command()
+def compact(
+    run: Annotated[Path, typer.Option(help="A run directory written by swan train.")],
+    calib_episodes: Annotated[
+        int, typer.Option(min=1, help="Calibration rollouts (gate statistics).")
+    ] = 20,
+    threshold: Annotated[
+        float,
+        typer.Option(
+            help="Also remove units active in at most this fraction of samples (0: exact)."
+        ),
+    ] = 0.0,
+    out: Annotated[
+        Path | None, typer.Option(help="Output policy directory (default <run>/compact).")
+    ] = None,
+    heldout_episodes: Annotated[
+        int, typer.Option(min=1, help="Held-out rollouts for parity and success.")
+    ] = 10,
+    checkpoint: Annotated[str, typer.Option(help="'best', 'last' or a directory.")] = "best",
+    workers: Annotated[int, typer.Option(min=1, help="Parallel env processes.")] = 2,
+    calib_seed: Annotated[
+        int, typer.Option(min=0, help="Seed of the first calibration episode.")
+    ] = 20_000,
+    heldout_seed: Annotated[
+        int, typer.Option(min=0, help="Seed of the first held-out episode.")
+    ] = 30_000,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
+) -> None:
+    """Compact a trained policy into a smaller one, and report what it cost.
+
+    Calibration rollouts count how often each unit is active; units never active are
+    removed (exactly), gates whose units were always active are folded away, and with
+    --threshold t > 0 units active in at most a fraction t of the samples are removed
+    too. Held-out rollouts check parity (max |action difference|, which must stay
+    <= 1e-5 at threshold 0) and success before/after. Writes the compact policy
+    (save_pretrained) and compaction.json to --out.
+    """
+    import json
+
+    from swan_policy.compact import compact_with_report
+    from swan_policy.config import load_config
+
+    if not 0.0 <= threshold < 1.0:
+        raise UserError(f"--threshold: must be in [0, 1), got {threshold:g}")
+    if not run.is_dir():
+        raise UserError(f"--run: {run} is not a run directory")
+    out = out or run / "compact"
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"--out: {out} exists and is not empty (pass --overwrite to replace it)")
+    cfg = load_config(run / "config.yaml")
+    policy = load_run_policy(run, checkpoint)
+    from rich.progress import Progress
+
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task(
+            "calibrating + held-out rollouts", total=calib_episodes + 2 * heldout_episodes
+        )
+        compacted, report = compact_with_report(
+            policy,
+            cfg.env,
+            calib_episodes,
+            threshold,
+            heldout_episodes,
+            workers,
+            calib_seed,
+            heldout_seed,
+            on_episode=lambda _: progress.advance(task),
+        )
+    table = Table(title=f"{run.name}: compaction (threshold {threshold:g})")
+    table.add_column("layer", no_wrap=True)
+    for col in ("units", "gate", "MMACs (graph)", "MMACs executed @1", "unseen"):
+        table.add_column(col, justify="right")
+    for layer in report.layers:
+        units = f"{layer.units_before} -> {layer.units_after}" if layer.units_before else "-"
+        table.add_row(
+            layer.name,
+            units,
+            layer.gate_after if layer.units_before else "-",
+            f"{layer.macs_before / 1e6:.3f} -> {layer.macs_after / 1e6:.3f}",
+            f"{layer.executed_macs_before / 1e6:.3f} -> {layer.executed_macs_after / 1e6:.3f}",
+            str(layer.unseen_units) if layer.units_before else "-",
+        )
+    table.add_row(
+        "total",
+        "",
+        "",
+        f"{report.macs_before / 1e6:.3f} -> {report.macs_after / 1e6:.3f}",
+        f"{report.executed_macs_before / 1e6:.3f} -> {report.executed_macs_after / 1e6:.3f}",
+        str(report.unseen_units),
+        style="bold",
+    )
+    console.print(table)
+    console.print(
+        f"static graph: -{report.macs_reduction:.1%} MACs; parity: max |action diff| "
+        f"{report.max_action_diff:.2e} over {report.heldout_steps} held-out states "
+        f"({'exact' if report.exact else 'NOT exact'}); success on {report.heldout_episodes} "
+        f"held-out episodes: {report.success_before:.0%} -> {report.success_after:.0%}"
+    )
+    if threshold == 0.0 and not report.exact:
+        layers = ", ".join(f"{r.name} x{r.unseen_units}" for r in report.layers if r.unseen_units)
+        raise UserError(
+            f"compaction is not exact on held-out states (max |action diff| "
+            f"{report.max_action_diff:.2e}, tolerance {report.tolerance:g}"
+            + (f"; units active there but never in calibration: {layers}" if layers else "")
+            + f"); nothing written -- rerun with more --calib-episodes (now {calib_episodes})"
+        )
+    if out.exists() and overwrite:
+        import shutil
+
+        shutil.rmtree(out)
+    compacted.save_pretrained(out)
+    payload = {"run": str(run), "checkpoint": checkpoint, "out": str(out), **report.to_json()}
+    (out / "compaction.json").write_text(json.dumps(payload, indent=2))
+    console.print(f"wrote {out} (policy + compaction.json)")
 
 
 @app.command()

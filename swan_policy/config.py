@@ -96,6 +96,9 @@ class PolicyConfig(StrictModel):
     ref_units: dict[str, int] | None = Field(
         None, description="Per gated layer, the unit count budgets refer to (compaction)."
     )
+    ungated: list[str] = Field(
+        [], description="Layers built without a gate (compaction folds always-on gates away)."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> PolicyConfig:

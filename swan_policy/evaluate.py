@@ -136,7 +136,8 @@ def run_episodes(
         episodes: how many episodes; episode ``j`` starts from seed ``seed + j``.
         budget: a fixed budget, or a function of the batched observation (one budget
             for the whole batch). Ignored when ``scheduler`` is given.
-        collect: keep observations and expert labels (DAgger).
+        collect: keep the observations, and the expert's labels when the vec env
+            carries them (DAgger; ``expert_actions`` stays empty otherwise).
         beta: probability of executing the expert's action instead (DAgger mixture).
         rng: randomness for the beta mixture.
         on_episode: called as each episode finishes (progress bars).
@@ -194,7 +195,8 @@ def run_episodes(
             else:
                 budgets = np.full(n, budget(obs) if callable(budget) else budget)
             actions, step_macs, margin, latency = act_grouped(policy, obs, budgets)
-            if collect or beta > 0:
+            labelled = EXPERT_ACTION in infos[0]  # vec env made with labels=True
+            if (collect and labelled) or beta > 0:
                 expert = np.stack([info[EXPERT_ACTION] for info in infos])
                 if beta > 0:
                     use = rng.random(n) < beta
@@ -205,7 +207,8 @@ def run_episodes(
                     assert ep.obs is not None and ep.expert_actions is not None
                     for k, v in obs.items():
                         ep.obs.setdefault(k, []).append(v[i].copy())
-                    ep.expert_actions.append(expert[i].copy())
+                    if labelled:
+                        ep.expert_actions.append(expert[i].copy())
             last_action = [a.copy() for a in actions]
             obs, rewards, dones, step_infos = vec.step(actions)
             infos = [vec.reset_infos[i] if dones[i] else step_infos[i] for i in range(n)]

@@ -105,6 +105,7 @@ class SwanPolicy(nn.Module):
             options=opts,
             ref_units=[ref[f"head.layers.{i}"] for i in range(n_head)] if ref else None,
         )
+        self._remove_gates(config.ungated)
         self.register_buffer("proprio_mean", torch.zeros(self.proprio_dim))
         self.register_buffer("proprio_std", torch.ones(self.proprio_dim))
         self.register_buffer("action_low", -torch.ones(self.action_dim))
@@ -134,6 +135,22 @@ class SwanPolicy(nn.Module):
         for j, hidden in enumerate(self.head.hidden):
             out[f"head.layers.{j}"] = hidden
         return out
+
+    def _remove_gates(self, names: list[str]) -> None:
+        """Build the layers ``names`` without a gate (compaction folded it: every unit on)."""
+        layers = self.gated_layers()
+        for name in names:
+            if name not in layers:
+                raise ConfigError(
+                    f"policy.ungated: unknown layer {name!r}; layers: {', '.join(layers)}"
+                )
+            layer = layers[name]
+            layer.gate = None
+            if isinstance(layer, GatedConv2d):
+                layer.gate_fc, layer.gated = None, False
+            else:
+                layer.gate_down = layer.gate_up = None
+                layer.rank = 0
 
     def last_gates(self) -> dict[str, Tensor | None]:
         """Hard gates ``[B, N]`` of each gated layer in the last forward (None: ungated)."""

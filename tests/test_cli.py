@@ -59,7 +59,7 @@ def test_info_prints_the_gate_table(capsys: pytest.CaptureFixture[str]) -> None:
             "error: --mode: expected 'masked' or 'sparse'",
         ),
         (["info", "--bogus"], "error: No such option: --bogus"),
-        (["compact", "--run", "x"], "error: `swan compact` is not available yet"),
+        (["compact", "--run", "x"], "error: --run: x is not a run directory"),
     ],
 )
 def test_user_errors_are_one_line(
