@@ -52,6 +52,32 @@ class StateAsProprio(gym.ObservationWrapper[dict[str, np.ndarray], Any, np.ndarr
     def observation(self, observation: np.ndarray) -> dict[str, np.ndarray]:
         return {PROPRIO: np.asarray(observation, dtype=np.float32)}
 
+    def step(self, action: Any) -> tuple[dict[str, np.ndarray], Any, bool, bool, dict[str, Any]]:
+        """Refuse a misshapen or non-finite action before the simulator sees it.
+
+        gymnasium's own MuJoCo envs pass NaN straight to MuJoCo, which warns and
+        silently resets its state (RELIABILITY.md row 11); the swan_envs tasks check
+        their actions themselves.
+        """
+        check_action(action, self.action_space)
+        return super().step(action)
+
+
+def check_action(action: Any, space: spaces.Space[Any]) -> None:
+    """Raise ``ValueError`` unless ``action`` is a finite numeric array of the Box's shape."""
+    if not isinstance(space, spaces.Box):
+        return
+    try:
+        arr = np.asarray(action, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"action must be a numeric array of shape {space.shape}, got {type(action).__name__}"
+        ) from None
+    if arr.shape != space.shape:
+        raise ValueError(f"action must have shape {space.shape}, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"action must be finite, got {arr.tolist()} (NaN or Inf)")
+
 
 def make_env(cfg: EnvConfig, render_mode: str | None = None, **overrides: Any) -> gym.Env[Any, Any]:
     """``gym.make`` for a config's env (flat ``Box`` observations become ``{"proprio"}``).

@@ -107,7 +107,10 @@ class ObsSpec:
                         f"observation[{key!r}]: expected a float dtype ({spec.dtype}), "
                         f"got {value.dtype}"
                     )
-                arr = value.astype(np.float32)  # a copy: never mutate the caller's array
+                # a copy: never mutate the caller's array. A float64 beyond float32's range
+                # becomes inf (refused below) -- without numpy's overflow warning each step.
+                with np.errstate(over="ignore", invalid="ignore"):
+                    arr = value.astype(np.float32)
                 if not np.isfinite(arr).all():
                     raise ObservationError(f"observation[{key!r}]: contains NaN or Inf")
                 out[key] = arr
