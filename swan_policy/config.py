@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -174,11 +181,13 @@ class EvalConfig(StrictModel):
     seed: int = Field(10_000, ge=0, description="Seed of the first evaluation episode.")
     at_end: bool = Field(True, description="Evaluate once more when training ends.")
 
-    @model_validator(mode="after")
-    def _check(self) -> EvalConfig:
-        if not self.budgets or any(not 0 < b <= 1 for b in self.budgets):
-            raise ValueError(f"budgets must be non-empty, each in (0, 1], got {self.budgets}")
-        return self
+    @field_validator("budgets")
+    @classmethod
+    def _check_budgets(cls, budgets: list[float]) -> list[float]:
+        # a field validator, so the error's location is eval.budgets (not eval)
+        if not budgets or any(not 0 < b <= 1 for b in budgets):
+            raise ValueError("budgets must be non-empty, each in (0, 1]")
+        return budgets
 
 
 class LogConfig(StrictModel):
@@ -276,6 +285,14 @@ class ExperimentConfig(StrictModel):
         return self
 
 
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """One line for a YAML error (PyYAML's own text spans several, with a caret)."""
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem_mark is not None:
+        mark = err.problem_mark
+        return f"{err.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(err).split())
+
+
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested dict."""
     for item in overrides:
@@ -288,7 +305,9 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError as e:
-            raise ConfigError(f"override {key}: cannot parse value {raw!r}: {e}") from None
+            raise ConfigError(
+                f"override {key}: cannot parse value {raw!r}: {_yaml_problem(e)}"
+            ) from None
         node = data
         for p in parts[:-1]:
             child = node.setdefault(p, {})
@@ -333,7 +352,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentCo
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+        raise ConfigError(f"{path}: invalid YAML: {_yaml_problem(e)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     cfg: ExperimentConfig = validate_config(apply_overrides(data, overrides))

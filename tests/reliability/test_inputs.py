@@ -277,7 +277,10 @@ def test_row13_validate_names_the_key_and_never_mutates(obs: Any, message: str) 
 def test_row13_batched_validation_and_copies() -> None:
     """Row 13, batched: mismatched batch sizes and a missing batch axis are named; the
     validated arrays never alias a caller's float array."""
-    good = {"pixels": np.zeros((2, 8, 8, 3), np.uint8), "proprio": np.zeros((2, 3), np.float32)}
+    good: dict[str, np.ndarray] = {
+        "pixels": np.zeros((2, 8, 8, 3), np.uint8),
+        "proprio": np.zeros((2, 3), np.float32),
+    }
     out = SPEC.validate(good, batched=True)
     out["proprio"][:] = 7.0
     assert not np.any(good["proprio"])  # a copy: the caller's array is untouched
