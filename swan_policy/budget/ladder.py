@@ -5,16 +5,17 @@ On a CPU at batch 1, per-unit gating inside an ONNX graph never beat a dense gra
 ladder fixes, per gated layer, which units each level keeps:
 
 1. **Calibration.** Observations from calibration rollouts are pushed through the
-   gated policy (masked mode) at every budget in ``rank_budgets`` (default: the
-   ladder's levels), recording each unit's activation frequency.
-2. **Ranking.** Per layer, units are ranked by their *score*: the activation
-   frequency averaged over those budgets. At ``b = 1`` the frequency says how often a
-   unit is needed at all; under a budget cap it says how often the network's own
-   top-k picks the unit when it has to choose -- which is what a sandwich-trained
-   model learned to rely on at low budgets. Ties (common: many units are on for every
-   input at ``b = 1``) are broken by the unit's **mean gate logit** on the
-   calibration data (how far above its threshold it sits: confident units first),
-   then by index. This mean logit is the documented importance measure.
+   gated policy (masked mode) at budget 1.0, recording each unit's activation
+   frequency and its mean gate logit.
+2. **Ranking.** Per layer, units are ranked by their activation frequency (the
+   *score*). Ties are common -- without a sparsity term many units are on for every
+   input -- and are broken by the unit's **mean gate logit** on the calibration data
+   (how far above its threshold it sits: confident units first), then by index. The
+   mean logit is the documented importance measure. ``rank_budgets`` can instead
+   average the frequency over several budget caps (how often the network's own top-k
+   keeps a unit); on the Reach demo run that ranking was clearly worse (level 0.5:
+   56% vs 66% success, level 0.25: 52% vs 70%, 50 episodes each; docs/results.md,
+   issue 7), so it is not the default.
 3. **Levels.** Level ``b`` keeps the top ``ceil(b * N_ref)`` units of each layer
    (``N_ref``: the unit count budgets refer to, so levels of a compacted policy keep
    their meaning), never more than the units active at least once on the calibration
@@ -27,7 +28,7 @@ The level model (:func:`level_policy`) is the policy compacted to the level's un
 on the kept units as cheap multiplicative masks (``gates="kept"``: a kept unit that its
 gate closes for this input stays off, as in training) or are folded away
 (``gates="folded"``: every kept unit is always on -- a plain dense network, which
-onnxruntime runs ~1.3-1.6x faster because nothing breaks its blocked conv layout;
+onnxruntime ran 1.8-2.1x faster on Reach because nothing breaks its blocked conv layout;
 docs/results.md, issue 7). The ladder is saved as JSON beside the run
 (``runs/<name>/ladder.json``).
 
@@ -199,7 +200,7 @@ def calibrate_ladder(
         observations: batched observations ``{key: [N, ...]}`` (e.g. from rollouts).
         levels: the ladder's budget levels.
         rank_budgets: budgets whose activation frequencies are averaged into the score
-            (default: ``levels``); ``[1.0]`` ranks by the free gate's frequency alone.
+            (default ``[1.0]``: the free gate's frequency, see the module doc).
         batch_size: forward batch size.
         source: recorded in the ladder (e.g. ``"20 rollouts of swan_envs/Reach-v0"``).
 
@@ -210,7 +211,7 @@ def calibrate_ladder(
     if not gates:
         raise ValueError("the policy has no gates: nothing to rank (policy.gate.enabled=false)")
     levels = check_levels(levels)
-    budgets = check_levels(rank_budgets if rank_budgets is not None else levels)
+    budgets = check_levels(rank_budgets if rank_budgets is not None else (1.0,))
     obs = {k: torch.as_tensor(v) for k, v in observations.items()}
     n = int(next(iter(obs.values())).shape[0]) if obs else 0
     if n == 0:
