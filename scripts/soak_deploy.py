@@ -65,7 +65,7 @@ def build_bundle(out: Path) -> None:
     )
     policy = SwanPolicy(cfg).eval()
     rng = np.random.default_rng(0)
-    calib = {
+    calib: dict[str, np.ndarray] = {
         "pixels": rng.integers(0, 256, (64, *PIXELS_SHAPE), dtype=np.uint8),
         "proprio": rng.standard_normal((64, PROPRIO_DIM)).astype(np.float32),
     }
