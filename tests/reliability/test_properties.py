@@ -53,7 +53,8 @@ few = settings(max_examples=25)  # for examples that write files
 # --------------------------------------------------------------------------- gates
 @given(budget=budgets, n=st.integers(1, 4096))
 def test_units_for_budget_is_the_smallest_count_covering_the_budget(budget: float, n: int) -> None:
-    """k = ceil(b*N): at least b*N units (up to float noise), one fewer would not be."""
+    """Gate arithmetic (no table row): k = ceil(b*N) covers b*N units (up to float
+    noise), and one fewer would not."""
     k = units_for_budget(budget, n)
     assert 1 <= k <= n
     assert k >= budget * n - 1e-6
@@ -62,12 +63,14 @@ def test_units_for_budget_is_the_smallest_count_covering_the_budget(budget: floa
 
 @given(b1=budgets, b2=budgets, n=st.integers(1, 512))
 def test_units_for_budget_is_monotone(b1: float, b2: float, n: int) -> None:
+    """Gate arithmetic (no table row): a larger budget never allows fewer units."""
     lo, hi = sorted((b1, b2))
     assert units_for_budget(lo, n) <= units_for_budget(hi, n)
 
 
 @given(bad=st.one_of(st.floats(max_value=0.0), st.floats(min_value=1.0 + 1e-9), st.just(math.nan)))
 def test_units_for_budget_refuses_budgets_outside_0_1(bad: float) -> None:
+    """Gate arithmetic: budgets outside (0, 1] (and NaN) are a ValueError naming the rule."""
     with pytest.raises(ValueError, match=r"budget must be in \(0, 1\]"):
         units_for_budget(bad, 8)
 
@@ -79,8 +82,8 @@ unique_rows = st.lists(
 
 @given(row=unique_rows, b1=budgets, b2=budgets)
 def test_budget_masks_nest(row: list[float], b1: float, b2: float) -> None:
-    """A unit on at a lower budget is on at every higher one (what makes the ladder's
-    levels nest)."""
+    """Budget capping: a unit on at a lower budget is on at every higher one (what
+    makes the ladder's levels nest)."""
     s = torch.tensor([row])
     lo, hi = sorted((b1, b2))
     small, large = budget_mask(s, lo), budget_mask(s, hi)
@@ -92,7 +95,8 @@ def test_budget_masks_nest(row: list[float], b1: float, b2: float) -> None:
 def test_budget_refers_to_the_reference_unit_count(
     row: list[float], budget: float, extra: int
 ) -> None:
-    """A compacted layer keeps N_ref: the cap is ceil(b * N_ref), whatever is left."""
+    """Budget capping: a compacted layer keeps N_ref; the cap is ceil(b * N_ref),
+    whatever is left."""
     s = torch.tensor([row])
     n_ref = len(row) + extra
     on = int(budget_mask(s, budget, n_ref).sum())
@@ -107,6 +111,7 @@ def test_budget_refers_to_the_reference_unit_count(
     )
 )
 def test_preprocess_pixels_is_an_exact_rescaled_nchw_view(images: np.ndarray) -> None:
+    """Row 13 (preprocessing): uint8 HWC -> float NCHW in [-0.5, 0.5], nothing lost."""
     x = preprocess_pixels(torch.from_numpy(images))
     b, h, w, c = images.shape
     assert x.shape == (b, c, h, w) and x.dtype == torch.float32 and x.is_contiguous()
@@ -150,6 +155,8 @@ def _obs_spec(spec: dict[str, tuple[tuple[int, ...], str]]) -> ObsSpec:
 def test_validate_accepts_valid_obs_and_returns_model_ready_copies(
     spec: dict[str, tuple[tuple[int, ...], str]], seed: int
 ) -> None:
+    """Row 13: any valid observation passes; floats come back as float32 copies, images
+    as they are; the caller's arrays are never modified."""
     obs = _valid_obs(spec, seed)
     before = {k: v.copy() for k, v in obs.items()}
     out = _obs_spec(spec).validate(obs)
@@ -169,7 +176,8 @@ def test_validate_accepts_valid_obs_and_returns_model_ready_copies(
 def test_validate_names_the_key_of_any_single_fault(
     spec: dict[str, tuple[tuple[int, ...], str]], seed: int, data: st.DataObject
 ) -> None:
-    """Break one entry (shape, dtype, a NaN); the error names that key; no mutation."""
+    """Row 13: break one entry (shape, dtype, a NaN); the error names that key; no
+    mutation."""
     obs = _valid_obs(spec, seed)
     key = data.draw(st.sampled_from(sorted(obs)))
     shape, kind = spec[key]
@@ -206,8 +214,9 @@ bound_pairs = st.lists(
 def test_unscale_then_normalise_is_the_identity_and_stays_in_bounds(
     bounds: list[tuple[float, float]], data: st.DataObject
 ) -> None:
-    """forward() maps tanh outputs in [-1, 1] into [low, high]; normalize_actions is its
-    inverse (what the BC loss compares), and clips what lies outside the bounds."""
+    """Row 12 (action scaling): forward() maps tanh outputs in [-1, 1] into [low, high];
+    normalize_actions is its inverse (what the BC loss compares) and clips what lies
+    outside the bounds."""
     n = len(bounds)
     low = np.array([lo for lo, _ in bounds])
     high = low + np.array([width for _, width in bounds])
@@ -233,6 +242,8 @@ def test_unscale_then_normalise_is_the_identity_and_stays_in_bounds(
 
 @given(seed=st.integers(0, 2**16), budget=budgets)
 def test_policy_actions_are_finite_and_within_bounds(seed: int, budget: float) -> None:
+    """Row 12: whatever the budget, even for proprio far off its statistics, actions are
+    finite and within the bounds."""
     policy = _state_policy(2).eval()
     policy.set_normalization(np.zeros(4), np.ones(4), np.array([-2.0, 0.0]), np.array([2.0, 0.5]))
     obs = random_obs(policy.config, 4, seed=seed)
@@ -255,7 +266,8 @@ def test_policy_actions_are_finite_and_within_bounds(seed: int, budget: float) -
 def test_config_dump_and_reload_round_trips(
     seed: int, lr: float, steps: int, tau: float, budgets: list[float]
 ) -> None:
-    """Overrides -> validated config -> YAML (what a run saves) -> the same config."""
+    """Row 14 (config parsing): overrides -> validated config -> YAML (what a run
+    saves) -> the same config."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "c.yaml"
         path.write_text("name: prop\n")
@@ -281,6 +293,7 @@ names = st.from_regex(r"[a-z][a-z_]{0,8}", fullmatch=True)
 def test_an_unknown_key_is_always_refused_by_its_dotted_name(
     section: str, name: str, value: object
 ) -> None:
+    """Row 14: an unknown key in any section is refused, named by its dotted path."""
     node: Any = ExperimentConfig
     for part in filter(None, section.split(".")):
         node = node.model_fields[part].annotation
@@ -302,6 +315,7 @@ json_values = st.recursive(
 @few
 @given(value=json_values)
 def test_json_round_trip(value: Any) -> None:
+    """Row 5: JSON metadata round-trips exactly; the atomic write leaves no temp file."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "x.json"
         save_json(path, value)
@@ -326,6 +340,7 @@ tensor_dtypes = st.sampled_from(
 def test_tensors_round_trip_bit_exact(
     shapes: dict[str, tuple[list[int], torch.dtype]], seed: int
 ) -> None:
+    """Row 5: tensors of any dtype and shape (empty, 0-d) come back bit-identical."""
     g = torch.Generator().manual_seed(seed)
     tensors = {
         k: (torch.randn(tuple(shape), generator=g, dtype=torch.float64) * 100).to(dtype)
@@ -366,7 +381,7 @@ utf8 = st.characters(codec="utf-8")  # protobuf strings must be valid UTF-8 (no 
     )
 )
 def test_onnx_metadata_round_trip(props: dict[str, str]) -> None:
-    """Export's metadata helpers: what is written is what is read (any text)."""
+    """Row 15: export's metadata helpers: what is written is what is read (any text)."""
     with tempfile.TemporaryDirectory() as tmp:
         bundle = linear_bundle(Path(tmp) / "b", np.ones((2, 1)))
         path = bundle / "level_1.00.onnx"
