@@ -33,8 +33,19 @@ those jobs take.
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import platform
+import resource
+import statistics
 import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 # Thread settings must be in place before numpy, mujoco or the GL driver load.
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -46,24 +57,13 @@ else:
 if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
     os.environ["MUJOCO_GL"] = "egl"
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import resource  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+# E402: these load BLAS / mujoco / GL, so they come after the thread settings above
+import gymnasium as gym  # noqa: E402  (see above)
+import numpy as np  # noqa: E402  (see above)
+from rich.console import Console  # noqa: E402  (see above)
+from rich.table import Table  # noqa: E402  (see above)
 
-import gymnasium as gym  # noqa: E402
-import numpy as np  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-import swan_envs  # noqa: E402
+import swan_envs  # noqa: E402  (see above)
 
 REFERENCE = "Reacher-v5"
 PIXEL_IDS = ("swan_envs/PixelInvertedPendulum-v0", "swan_envs/PixelReacher-v0")

@@ -34,14 +34,14 @@ def ensure_registered(env_id: str) -> None:
             pass  # gym.make gives the standard "not found" error
 
 
-class StateAsProprio(gym.ObservationWrapper[dict[str, np.ndarray], Any, np.ndarray]):
+class StateAsProprio(gym.ObservationWrapper[dict[str, Any], Any, np.ndarray]):
     """A flat ``Box`` observation as ``{"proprio": float32 vector}``."""
 
     def __init__(self, env: gym.Env[np.ndarray, Any]) -> None:
         super().__init__(env)
         box = env.observation_space
         assert isinstance(box, spaces.Box)
-        self.observation_space = spaces.Dict(  # type: ignore[assignment]
+        self.observation_space = spaces.Dict(
             {
                 PROPRIO: spaces.Box(
                     box.low.astype(np.float32), box.high.astype(np.float32), box.shape, np.float32
@@ -49,10 +49,10 @@ class StateAsProprio(gym.ObservationWrapper[dict[str, np.ndarray], Any, np.ndarr
             }
         )
 
-    def observation(self, observation: np.ndarray) -> dict[str, np.ndarray]:
+    def observation(self, observation: np.ndarray) -> dict[str, Any]:
         return {PROPRIO: np.asarray(observation, dtype=np.float32)}
 
-    def step(self, action: Any) -> tuple[dict[str, np.ndarray], Any, bool, bool, dict[str, Any]]:
+    def step(self, action: Any) -> tuple[dict[str, Any], Any, bool, bool, dict[str, Any]]:
         """Refuse a misshapen or non-finite action before the simulator sees it.
 
         gymnasium's own MuJoCo envs pass NaN straight to MuJoCo, which warns and

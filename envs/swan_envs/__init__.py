@@ -12,7 +12,7 @@ if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY") and sys.platf
     os.environ["MUJOCO_GL"] = "egl"
     os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
-from gymnasium.envs.registration import register, registry  # noqa: E402
+from gymnasium.envs.registration import register, registry  # noqa: E402  (after MUJOCO_GL)
 
 __version__ = "0.1.0"
 

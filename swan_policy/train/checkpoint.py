@@ -58,9 +58,10 @@ def capture_rng() -> tuple[dict[str, Tensor], dict[str, Any]]:
     """RNG streams of torch, numpy's legacy global generator and ``random``."""
     tensors = {"rng.torch": torch.get_rng_state()}
     # The legacy global stream: SB3's set_random_seed and older helpers draw from it.
-    np_state = np.random.get_state()  # noqa: NPY002
+    np_state = np.random.get_state(legacy=True)  # noqa: NPY002  (that legacy stream)
+    assert isinstance(np_state, tuple)  # legacy=True: (name, keys, pos, has_gauss, gauss)
     meta = {
-        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],  # type: ignore[index]
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
         "python": _to_json(random.getstate()),
     }
     return tensors, meta
@@ -69,7 +70,7 @@ def capture_rng() -> tuple[dict[str, Tensor], dict[str, Any]]:
 def restore_rng(tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
     torch.set_rng_state(tensors["rng.torch"])
     n = meta["numpy"]
-    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), *n[2:]))  # noqa: NPY002
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), *n[2:]))  # noqa: NPY002  (same)
     random.setstate(_from_json(meta["python"]))
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
 import random
 import signal
@@ -171,7 +172,8 @@ class TeacherLabels(gym.Wrapper[Any, Any, Any, Any]):
                 "privileged state (swan_envs tasks provide it)"
             )
         self.state_observation: Callable[[], dict[str, np.ndarray]] = state_fn
-        torch.set_num_threads(1)  # one per env worker
+        if multiprocessing.parent_process() is not None:
+            torch.set_num_threads(1)  # one thread per env worker
         self.teacher = SwanPolicy.from_pretrained(teacher_dir).eval()
         self.teacher.track_stats = False
         for gate in self.teacher.gates().values():
@@ -197,11 +199,8 @@ def teacher_labeller(teacher_dir: str | Path) -> Labeller:
 
 
 def _labelled_env(env_cfg: Any, labeller: Labeller) -> gym.Env[Any, Any]:
-    import multiprocessing
-    import signal as _signal
-
     if multiprocessing.parent_process() is not None:
-        _signal.signal(_signal.SIGINT, _signal.SIG_IGN)  # Ctrl-C is the trainer's
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's
     return labeller(make_env(env_cfg))
 
 
@@ -401,7 +400,9 @@ def train(
     # --- environment, demos and policy --------------------------------------------------
     env = make_env(cfg.env)
     policy_cfg = resolve_policy_config(cfg.policy, env)
-    low, high = env.action_space.low, env.action_space.high  # type: ignore[attr-defined]
+    box = env.action_space
+    assert isinstance(box, gym.spaces.Box)  # resolve_policy_config refuses anything else
+    low, high = box.low, box.high
     env.close()
     demo_path = Path(cfg.demos.path)
     if labeller is not None:
