@@ -152,11 +152,11 @@ class SwanMujocoEnv(gym.Env[ObsDict, np.ndarray]):
         self.action_space = spaces.Box(-1.0, 1.0, shape=self.action_shape, dtype=np.float32)
         if obs_mode == "state":
             n_state = self.proprio_dim + self.task_state_dim
-            self.observation_space = spaces.Dict(  # type: ignore[assignment]
+            self.observation_space = spaces.Dict(  # type: ignore[assignment]  # Dict[str, Any]
                 {PROPRIO: spaces.Box(-np.inf, np.inf, shape=(n_state,), dtype=np.float32)}
             )
         else:
-            self.observation_space = spaces.Dict(  # type: ignore[assignment]
+            self.observation_space = spaces.Dict(  # type: ignore[assignment]  # Dict[str, Any]
                 {
                     PIXELS: spaces.Box(0, 255, shape=(height, width, 3), dtype=np.uint8),
                     PROPRIO: spaces.Box(

@@ -15,12 +15,13 @@ Actions are float32 in the env's action space ([-1, 1] for every swan_envs id).
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import mujoco
 import numpy as np
 from gymnasium import spaces
+from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
 
 from swan_envs.pick_place import CUBE_HALF, PickPlaceEnv
 from swan_envs.push import PushEnv
@@ -73,7 +74,7 @@ class ReachExpert(Expert):
     gain = 8.0  # rad/s per rad of joint error
 
     def act(self) -> np.ndarray:
-        env: ReachEnv = self.env.unwrapped  # type: ignore[assignment]
+        env = cast(ReachEnv, self.env.unwrapped)  # make_expert picked this class by id
         q = env.data.qpos[:2]
         link = 0.12
         tx, ty = env.target
@@ -99,7 +100,7 @@ class PushExpert(Expert):
     contact = 0.05  # puck radius + pusher radius
 
     def act(self) -> np.ndarray:
-        env: PushEnv = self.env.unwrapped  # type: ignore[assignment]
+        env = cast(PushEnv, self.env.unwrapped)  # make_expert picked this class by id
         pusher, puck, goal = env.pusher_xy, env.puck_xy, env.goal
         to_goal = goal - puck
         dist = float(np.linalg.norm(to_goal))
@@ -153,7 +154,7 @@ class PickPlaceExpert(Expert):
         self._grasp_steps = 0
 
     def act(self) -> np.ndarray:
-        env: PickPlaceEnv = self.env.unwrapped  # type: ignore[assignment]
+        env = cast(PickPlaceEnv, self.env.unwrapped)  # make_expert picked this class by id
         tcp, cube, target = env.tcp, env.cube_pos, env.target
         held = np.linalg.norm(cube - tcp) < 0.02 and bool(np.all(env.fingers > 0.008))
         grip = -1.0
@@ -236,7 +237,7 @@ class InvertedPendulumExpert(Expert):
         self.gain = gain
 
     def act(self) -> np.ndarray:
-        data = self.env.unwrapped.data  # type: ignore[attr-defined]
+        data = cast(MujocoEnv, self.env.unwrapped).data  # gymnasium's own MuJoCo env
         state = np.concatenate([data.qpos, data.qvel])
         return _to_env_units(-self.gain @ state, self.env)
 
@@ -249,7 +250,7 @@ class ReacherV5Expert(Expert):
     kp, kd = 2.0, 0.25  # torque command per rad and per rad/s (gear 200, armature 1)
 
     def act(self) -> np.ndarray:
-        data = self.env.unwrapped.data  # type: ignore[attr-defined]
+        data = cast(MujocoEnv, self.env.unwrapped).data  # gymnasium's own MuJoCo env
         q, dq = data.qpos[:2], data.qvel[:2]
         tx, ty = data.body("target").xpos[:2]
         l1, l2 = self.links

@@ -161,7 +161,7 @@ class PixelObservationWrapper(gym.Wrapper[ObsDict, np.ndarray, Any, Any]):
         self._camera = self._make_camera()
         self._frames: deque[np.ndarray] = deque(maxlen=k)
 
-        self.observation_space = spaces.Dict(  # type: ignore[assignment]
+        self.observation_space = spaces.Dict(  # type: ignore[assignment]  # Space[dict[str, Any]]
             {
                 PIXELS: spaces.Box(0, 255, shape=(height, width, 3 * k), dtype=np.uint8),
                 PROPRIO: spaces.Box(
@@ -179,7 +179,7 @@ class PixelObservationWrapper(gym.Wrapper[ObsDict, np.ndarray, Any, Any]):
             )
 
     @property
-    def render_mode(self) -> str | None:  # type: ignore[override]
+    def render_mode(self) -> str | None:  # type: ignore[override]  # gym: a plain attribute
         return self._render_mode
 
     def _make_camera(self) -> mujoco.MjvCamera:
