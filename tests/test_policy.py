@@ -78,8 +78,8 @@ class _Payload:
     def __init__(self, marker: Path) -> None:
         self.marker = marker
 
-    def __reduce__(self) -> tuple[object, tuple[str]]:
-        return (Path.touch, (str(self.marker),))  # type: ignore[return-value]
+    def __reduce__(self) -> tuple[object, tuple[()]]:
+        return (Path(self.marker).touch, ())  # unpickling creates the marker
 
 
 @pytest.mark.parametrize("name", ["model.safetensors"])

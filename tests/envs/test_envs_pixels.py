@@ -16,11 +16,12 @@ from swan_envs.pixels import PixelObservationWrapper
 
 
 def test_pixel_reacher_hides_the_target_from_proprio() -> None:
-    env = PixelObservationWrapper(ReacherEnv(), width=32, height=32)
+    reacher = ReacherEnv()
+    env = PixelObservationWrapper(reacher, width=32, height=32)
     obs, info = env.reset(seed=0)
     assert obs[PIXELS].shape == (32, 32, 3) and obs[PIXELS].dtype == np.uint8
     assert obs[PROPRIO].shape == (6,) and obs[PROPRIO].dtype == np.float32
-    state = env.unwrapped._get_obs()  # type: ignore[attr-defined]
+    state = reacher._get_obs()
     # cos, sin of both joints and their velocities; target x, y (4, 5) and the fingertip-target
     # vector (8, 9, 10) are only in the image.
     np.testing.assert_allclose(obs[PROPRIO], state[[0, 1, 2, 3, 6, 7]].astype(np.float32))
@@ -45,13 +46,14 @@ def test_frame_stack_is_channel_stacked_newest_last() -> None:
 
 
 def test_actions_are_normalised_to_unit_box() -> None:
-    env = PixelObservationWrapper(InvertedPendulumEnv(), width=16, height=16)
+    pendulum = InvertedPendulumEnv()
+    env = PixelObservationWrapper(pendulum, width=16, height=16)
     assert env.action_space == gym.spaces.Box(-1, 1, (1,), np.float32)
     env.reset(seed=0)
     env.step(np.array([1.0], dtype=np.float32))
-    assert env.unwrapped.data.ctrl[0] == pytest.approx(3.0)  # type: ignore[attr-defined]
+    assert pendulum.data.ctrl[0] == pytest.approx(3.0)
     env.step(np.array([-0.5], dtype=np.float32))
-    assert env.unwrapped.data.ctrl[0] == pytest.approx(-1.5)  # type: ignore[attr-defined]
+    assert pendulum.data.ctrl[0] == pytest.approx(-1.5)
 
 
 @pytest.mark.parametrize(
@@ -62,12 +64,13 @@ def test_actions_are_normalised_to_unit_box() -> None:
     ],
 )
 def test_pixel_wrapper_rejects_bad_actions(action: Any, message: str) -> None:
-    env = PixelObservationWrapper(InvertedPendulumEnv(), width=16, height=16)
+    pendulum = InvertedPendulumEnv()
+    env = PixelObservationWrapper(pendulum, width=16, height=16)
     env.reset(seed=0)
-    time_before = env.unwrapped.data.time  # type: ignore[attr-defined]
+    time_before = pendulum.data.time
     with pytest.raises(ValueError, match=message):
         env.step(action)
-    assert env.unwrapped.data.time == time_before  # type: ignore[attr-defined]
+    assert pendulum.data.time == time_before
 
 
 def test_wraps_a_gym_make_env_and_refuses_non_mujoco_envs() -> None:

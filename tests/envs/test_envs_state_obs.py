@@ -15,7 +15,8 @@ def test_reach_state_mode_passes_check_env_and_matches_pixel_mode() -> None:
     state_env = gym.make("swan_envs/Reach-v0", obs_mode="state")
     pixel_env = gym.make("swan_envs/Reach-v0", width=16, height=16)
     check_env(state_env.unwrapped, skip_render_check=True)
-    assert set(state_env.observation_space.spaces) == {PROPRIO}  # type: ignore[attr-defined]
+    assert isinstance(state_env.observation_space, gym.spaces.Dict)
+    assert set(state_env.observation_space.spaces) == {PROPRIO}
     s_obs, _ = state_env.reset(seed=3)
     p_obs, _ = pixel_env.reset(seed=3)
     action = np.array([0.5, -0.3], dtype=np.float32)
@@ -25,7 +26,7 @@ def test_reach_state_mode_passes_check_env_and_matches_pixel_mode() -> None:
     # same dynamics; the state is proprio + target + target - fingertip
     assert s_rew == p_rew and s_obs[PROPRIO].shape == (10,)
     np.testing.assert_array_equal(s_obs[PROPRIO][:6], p_obs[PROPRIO])
-    priv = pixel_env.unwrapped.state_observation()  # type: ignore[attr-defined]
+    priv = pixel_env.unwrapped.state_observation()  # type: ignore[attr-defined]  # ReachEnv's
     np.testing.assert_array_equal(priv[PROPRIO], s_obs[PROPRIO])
     target, to_target = s_obs[PROPRIO][6:8], s_obs[PROPRIO][8:]
     assert np.linalg.norm(target) > 0.05 and not np.allclose(to_target, 0.0)

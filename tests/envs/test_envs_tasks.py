@@ -35,7 +35,7 @@ def _checked_env(env_id: str) -> gym.Env[Any, Any]:
     layer: Any = env
     while not isinstance(layer, PixelObservationWrapper) and layer is not env.unwrapped:
         layer = layer.env
-    return layer  # type: ignore[no-any-return]
+    return layer
 
 
 @pytest.fixture

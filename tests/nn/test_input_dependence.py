@@ -40,7 +40,13 @@ def _train(sparsity_weight: float) -> tuple[_GatedMLP, float, float]:
     for _ in range(400):
         x, y, _ = _batch(256, gen)
         pred, _ = model(x)
-        reg = torch.stack([m.gate.regulariser() for m in (model.l1, model.l2)]).mean()  # type: ignore[union-attr,misc]
+        regs = [
+            r
+            for m in (model.l1, model.l2)
+            if m.gate is not None and (r := m.gate.regulariser()) is not None
+        ]
+        assert len(regs) == 2  # both layers gated, both forwards differentiable
+        reg = torch.stack(regs).mean()
         loss = nn.functional.mse_loss(pred, y) + sparsity_weight * reg
         opt.zero_grad()
         loss.backward()

@@ -20,7 +20,7 @@ def test_conv_masked_equals_sparse(batch: int, budget: float) -> None:
     y_masked, g = layer(x, budget)
     a = layer.forward_sparse(Active(x), budget)
     assert layer.gate is not None
-    assert torch.equal(g, layer.gate.last_gates)  # type: ignore[arg-type]
+    assert torch.equal(g, layer.gate.last_gates)  # type: ignore[arg-type]  # set by the forward
     dense = torch.zeros_like(y_masked)
     assert a.idx is not None
     dense[:, a.idx] = a.x

@@ -38,7 +38,9 @@ def test_round_trip_restores_weights_optimizer_and_rng(tmp_path: Path) -> None:
     sched.step()
     save_checkpoint(tmp_path, policy, opt, TrainerState(step=3, best_metric=0.5), sched)
     expected = (torch.rand(4), np.random.rand(), random.random())
-    ck = load_checkpoint(latest_checkpoint(tmp_path))  # type: ignore[arg-type]
+    last = latest_checkpoint(tmp_path)
+    assert last is not None
+    ck = load_checkpoint(last)
     ck.restore_rng()
     assert torch.equal(torch.rand(4), expected[0])
     assert np.random.rand() == expected[1] and random.random() == expected[2]

@@ -128,7 +128,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(
 
     def flaky(*args: object, **kwargs: object) -> tuple[torch.Tensor, dict[str, object]]:
         calls["n"] += 1
-        loss, info = real(*args, **kwargs)  # type: ignore[arg-type]
+        loss, info = real(*args, **kwargs)  # type: ignore[arg-type]  # passed through as is
         return (loss * float("nan") if calls["n"] == 5 else loss), info
 
     monkeypatch.setattr(imitation, "bc_sandwich_loss", flaky)
