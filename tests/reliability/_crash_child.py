@@ -10,7 +10,8 @@ sleeps forever -- a deterministic point for the test to SIGKILL or Ctrl-C it:
 
 * ``files``: after ``optimizer.safetensors`` is written into the checkpoint's temp
   directory (``trainer_state.json`` is still missing);
-* ``rename``: after the temp directory is complete, before it is renamed into place;
+* ``rename``: after the temp directory is complete, before it is renamed into place
+  (same recovery path as ``files``; not in the default test run, to keep it short);
 * ``pointer``: after the new ``last`` is written to its temp file, before the rename;
 * ``sigint-eval``: at the first evaluation, once its worker processes are up, touch
   ``MARKER`` and wait for a Ctrl-C before evaluating (the workers must survive it);
