@@ -4,6 +4,7 @@ configs fail with one line naming the field (here and through the CLI)."""
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 
@@ -35,6 +36,7 @@ SPECS = [
 ]
 
 
+@functools.lru_cache(maxsize=8)
 def synthetic_steps(n: int, seed: int) -> list[StepInfo]:
     """A deterministic episode: smooth actions with occasional jumps, latencies that
     grow with the step's noise, a phase switch, changing observations."""
@@ -255,3 +257,21 @@ def test_schedulers_module_imports_without_torch() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cli_scheduler_options_expand_to_one_spec_per_sweep_point() -> None:
+    from swan_policy.cli import parse_schedulers
+
+    specs = parse_schedulers(
+        ["fixed", "adaptive", "deadline", "{kind: schedule, phases: {push: 1.0}, default: 0.5}"],
+        "0.3,0.5",
+        "4",
+        "obs",
+    )
+    assert [(s["kind"], s.get("target"), s.get("signal")) for s in specs[:2]] == [
+        ("adaptive", 0.3, "obs"),
+        ("adaptive", 0.5, "obs"),
+    ]
+    assert specs[2]["kind"] == "deadline" and specs[2]["deadline_ms"] == 4.0
+    assert specs[3]["kind"] == "schedule" and specs[3]["phases"] == {"push": 1.0}
+    assert len(specs) == 4  # "fixed" is the --budgets rows, not a spec
