@@ -243,22 +243,42 @@ def train(
         Path | None, typer.Option(help="Output directory (default runs/<name>).")
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the run's last checkpoint.")] = False,
+    n_envs: Annotated[
+        int | None,
+        typer.Option("--n-envs", min=1, help="RL: parallel envs (SubprocVecEnv); sets rl.n_envs."),
+    ] = None,
     quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
 ) -> None:
-    """Train a gated policy by imitation (BC with the sandwich rule, then DAgger)."""
+    """Train a gated policy: imitation (bc, dagger), RL with SB3 (ppo, sac), or
+    teacher -> pixel-student distillation (distill), as the config's method says."""
     from swan_policy.config import load_config
     from swan_policy.train.checkpoint import latest_checkpoint
-    from swan_policy.train.imitation import TrainingError, TrainingInterrupted, train
+    from swan_policy.train.imitation import TrainingError, TrainingInterrupted
 
-    cfg = load_config(config, overrides or [])
+    cfg = load_config(config, [*(overrides or []), *([f"rl.n_envs={n_envs}"] if n_envs else [])])
     out = run_dir or Path("runs") / cfg.name
     if resume:
-        if latest_checkpoint(out) is None:
+        # distill: the teacher's run (out/teacher) may hold the only checkpoint so far
+        teacher = out / "teacher" if cfg.method == "distill" else None
+        if latest_checkpoint(out) is None and (
+            teacher is None or latest_checkpoint(teacher) is None
+        ):
             raise UserError(f"--resume: {out} has no checkpoint to resume from")
     elif out.exists() and any(out.iterdir()):
         raise UserError(f"run directory {out} exists (pass --resume, or another --run-dir)")
     try:
-        final = train(cfg, out, resume=resume, show=not quiet)
+        if cfg.method in ("ppo", "sac"):
+            from swan_policy.train.rl_run import train_rl
+
+            final = train_rl(cfg, out, resume=resume, show=not quiet)
+        elif cfg.method == "distill":
+            from swan_policy.train.rl_run import train_distill
+
+            final = train_distill(cfg, out, resume=resume, show=not quiet)
+        else:
+            from swan_policy.train.imitation import train as train_imitation
+
+            final = train_imitation(cfg, out, resume=resume, show=not quiet)
     except TrainingInterrupted:
         raise typer.Exit(130) from None
     except TrainingError as e:

@@ -96,14 +96,16 @@ class _HardGateSTE(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, None, None, None]:
         (logits,) = ctx.saved_tensors
-        sig = torch.sigmoid(logits / ctx.tau)
-        dsurrogate = sig * (1.0 - sig) / ctx.tau
-        grad = grad_out * dsurrogate
+        tau = ctx.tau
+        sig = torch.sigmoid(logits if tau == 1.0 else logits / tau)
         if ctx.inject:
             # d/ds of inject * mean(sigma(s / tau)): the regulariser's gradient, added here
-            # so that it acts even when the caller's loss does not include it (SB3 RL).
-            grad = grad + ctx.inject * dsurrogate / logits.numel()
-        return grad, None, None, None
+            # so that it acts even when the caller's loss does not include it.
+            grad_out = grad_out + ctx.inject / logits.numel()
+        # grad_out * sigma'(s / tau) / tau; sigmoid_backward is one pass (small layers are
+        # bound by per-op overhead: RL's MLPs, issue 5)
+        grad = torch.ops.aten.sigmoid_backward(grad_out, sig)
+        return (grad if tau == 1.0 else grad / tau), None, None, None
 
 
 class SwanGate(nn.Module):
@@ -154,21 +156,23 @@ class SwanGate(nn.Module):
         self._last_mask: Tensor | None = None
         self._last_idx: np.ndarray | None = None  # batch-1 fast path: mask built on demand
         self._reg: Tensor | None = None
+        self._reg_logits: Tensor | None = None  # the regulariser is computed on demand
 
     def forward(self, logits: Tensor, budget: float = 1.0) -> Tensor:
         """Hard gates ``[B, N]`` (exactly 0/1) with a straight-through gradient."""
         mask = budget_mask(logits.detach(), budget, self.num_ref_units)
         if torch.is_grad_enabled() and logits.requires_grad:
             gates = _HardGateSTE.apply(logits, mask, self.tau, self.inject_weight)
-            self._reg = self._regulariser(logits)
+            self._reg_logits = logits
         else:
             gates = mask
-            self._reg = None
+            self._reg_logits = None
+        self._reg = None
         self._last_logits, self._last_mask, self._last_idx = logits.detach(), mask, None
         if self.track_stats and not self.training:  # statistics describe inference only
-            with torch.no_grad():
-                self.active_count += mask.sum(0).to(torch.float64)
-                self.sample_count += mask.shape[0]
+            with torch.no_grad():  # in place: no Module.__setattr__ on the hot path
+                self.active_count.add_(mask.sum(0))
+                self.sample_count.add_(mask.shape[0])
         return gates
 
     def select(self, logits: np.ndarray, budget: float = 1.0) -> np.ndarray:
@@ -178,7 +182,7 @@ class SwanGate(nn.Module):
         """
         idx = active_units(logits, budget, self.num_ref_units)
         self._last_logits, self._last_mask, self._last_idx = logits, None, idx
-        self._reg = None
+        self._reg = self._reg_logits = None
         if self.track_stats and not self.training:
             self.active_count.numpy()[idx] += 1.0  # a view: updates the (CPU) buffer
             self.sample_count.add_(1.0)
@@ -207,7 +211,12 @@ class SwanGate(nn.Module):
         return torch.relu(expected - self.target_rate) ** 2
 
     def regulariser(self) -> Tensor | None:
-        """The sparsity term of the last differentiable forward (None under no_grad)."""
+        """The sparsity term of the last differentiable forward (None under no_grad).
+
+        Computed on first request (layers whose term is never used skip its cost).
+        """
+        if self._reg is None and self._reg_logits is not None:
+            self._reg = self._regulariser(self._reg_logits)
         return self._reg
 
     def activation_frequency(self) -> Tensor:

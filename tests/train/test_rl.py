@@ -1,0 +1,347 @@
+"""SB3 integration (issue 5): gated PPO/SAC run, sparsity acts, seeds, exact extraction, CLI."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from stable_baselines3 import PPO, SAC
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+from swan_policy.cli import main
+from swan_policy.config import ConfigError, EnvConfig, load_config
+from swan_policy.envs import make_env
+from swan_policy.policy import SwanPolicy
+from swan_policy.spec import PIXELS, PROPRIO
+from swan_policy.train.checkpoint import latest_checkpoint
+from swan_policy.train.rl import (
+    GateStatsCallback,
+    SwanActorCriticPolicy,
+    SwanSACPolicy,
+    actor_active_fraction,
+    attach_aux_loss,
+    extract_swan_policy,
+    fold_obs_normalization,
+    swan_of,
+)
+from swan_policy.train.rl_run import build_model, make_rl_env, restore_rl_checkpoint, train_rl
+
+REPO = Path(__file__).resolve().parents[2]
+PENDULUM = EnvConfig(id="InvertedPendulum-v5")
+REACH16 = EnvConfig(id="swan_envs/Reach-v0", kwargs={"width": 16, "height": 16})
+_STATE_KW: dict[str, Any] = {
+    "policy_config": {
+        "pixels": False,
+        "head": {"hidden": [16, 16], "proprio_hidden": 0},
+        "gate": {"sparsity_weight": 0.0},
+    },
+    "critic_hidden": [16, 16],
+}
+_PIXEL_KW: dict[str, Any] = {
+    "policy_config": {
+        "encoder": {"channels": [4, 4], "strides": [2, 1]},
+        "head": {"hidden": [16, 16], "proprio_hidden": 8},
+    },
+    "critic_hidden": [16],
+}
+
+
+SAC_TINY: dict[str, Any] = {"learning_starts": 32, "batch_size": 16, "buffer_size": 500}
+
+
+def state_kw(**changes: Any) -> dict[str, Any]:
+    """Fresh policy kwargs (SB3 adds keys to the dict it is given)."""
+    return {**copy.deepcopy(_STATE_KW), **changes}
+
+
+def pixel_kw() -> dict[str, Any]:
+    return copy.deepcopy(_PIXEL_KW)
+
+
+def pendulum_vec(n: int = 1, normalize: bool = False) -> Any:
+    vec: Any = DummyVecEnv([lambda: make_env(PENDULUM)] * n)
+    return VecNormalize(vec, norm_obs_keys=[PROPRIO]) if normalize else vec
+
+
+def ppo(env: Any, kwargs: dict[str, Any] | None = None, seed: int = 0, **hp: Any) -> PPO:
+    settings = {"n_steps": 64, "batch_size": 32, "n_epochs": 2, **hp}
+    kwargs = state_kw() if kwargs is None else kwargs
+    return PPO(SwanActorCriticPolicy, env, policy_kwargs=kwargs, seed=seed, **settings)
+
+
+def raw_batch(n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {PROPRIO: rng.normal(scale=0.3, size=(n, 4)).astype(np.float32)}
+
+
+# ----------------------------------------------------------------------------- smoke tests
+def test_gated_ppo_and_sac_run_on_state_observations() -> None:
+    model = ppo(pendulum_vec(2))
+    model.learn(256, callback=GateStatsCallback())
+    assert model.num_timesteps >= 256
+    actions, _ = model.predict(raw_batch(5), deterministic=True)
+    assert actions.shape == (5, 1) and np.all(np.abs(actions) <= 3.0)
+    # SB3's own flat Box observations work as well ({"proprio": obs} inside)
+    import gymnasium as gym
+
+    flat = ppo(gym.make("InvertedPendulum-v5"), n_steps=32, n_epochs=1)
+    flat.learn(32)
+    sac = SAC(SwanSACPolicy, make_env(PENDULUM), policy_kwargs=state_kw(), **SAC_TINY)
+    sac.learn(64, callback=GateStatsCallback())
+    assert sac.actor.swan.action_high.tolist() == [3.0]
+    assert actor_active_fraction(sac.policy) is not None
+
+
+@pytest.mark.parametrize("algo", ["ppo", "sac"])
+def test_dict_observations_with_pixels(algo: str) -> None:
+    env = make_env(REACH16)
+    if algo == "ppo":
+        model: Any = ppo(env, pixel_kw(), n_steps=32, batch_size=16, n_epochs=1)
+        model.learn(64)
+    else:
+        model = SAC(SwanSACPolicy, env, policy_kwargs=pixel_kw(), **SAC_TINY)
+        model.learn(48)
+    # SB3 transposed the images to CHW; the SwanPolicy still gets (and expects) HWC
+    assert model.observation_space[PIXELS].shape == (3, 16, 16)
+    policy = extract_swan_policy(model)
+    assert policy.obs_spec.entries[PIXELS].shape == (16, 16, 3)
+    obs, _ = make_env(REACH16).reset(seed=4)
+    sb3_action, _ = model.predict(obs, deterministic=True)
+    np.testing.assert_allclose(policy.act(obs), sb3_action, atol=1e-5)
+
+
+def test_policy_refuses_spaces_it_cannot_serve() -> None:
+    from swan_policy.envs import SpaceMismatchError
+
+    with pytest.raises(SpaceMismatchError, match="policy.pixels is false"):
+        ppo(make_env(REACH16), state_kw())
+    with pytest.raises(ValueError, match="gSDE"):
+        PPO(SwanActorCriticPolicy, pendulum_vec(), policy_kwargs=state_kw(), use_sde=True)
+
+
+# ----------------------------------------------------------------------------- mechanisms
+def test_attached_loss_adds_its_gradient_and_leaves_the_value() -> None:
+    w = torch.tensor([1.5, -2.0], requires_grad=True)
+    x = w * 3.0
+    aux = (w**2).sum()
+    y = attach_aux_loss(x, 0.5 * aux)
+    assert torch.equal(y, x)
+    y.sum().backward()
+    assert torch.allclose(w.grad, torch.full((2,), 3.0) + 0.5 * 2 * w.detach())
+
+
+def test_sparsity_pressure_lowers_the_active_fraction() -> None:
+    fractions = {}
+    for weight in (0.0, 1.0):
+        kw = state_kw()
+        kw["policy_config"]["gate"].update(sparsity_weight=weight, init_bias=0.2)
+        model = ppo(pendulum_vec(2), kw, seed=3, n_epochs=4, learning_rate=3e-3)
+        model.learn(512)
+        swan = swan_of(model).eval()
+        with torch.no_grad():
+            swan({PROPRIO: torch.as_tensor(raw_batch(256)[PROPRIO])})
+        fractions[weight] = swan.last_active_fraction()
+    assert fractions[0.0] > 0.8  # gates start open (init bias > 0)
+    assert fractions[1.0] < fractions[0.0] - 0.2
+
+
+def test_sandwich_trains_lower_budgets_towards_the_full_output() -> None:
+    kw = state_kw(sandwich={"b_min": 0.25, "n_random_budgets": 0, "distill_weight": 5.0})
+    gaps = {}
+    for name, kwargs in (("off", state_kw()), ("on", kw)):
+        model = ppo(pendulum_vec(2), kwargs, seed=1, n_epochs=4)
+        model.learn(512)
+        swan = swan_of(model).eval()
+        obs = {PROPRIO: torch.as_tensor(raw_batch(256)[PROPRIO])}
+        with torch.no_grad():
+            gaps[name] = float((swan(obs, 1.0) - swan(obs, 0.25)).abs().mean())
+    assert gaps["on"] < gaps["off"]
+
+
+def test_same_seed_same_rollouts_different_seed_differs() -> None:
+    def run(seed: int) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+        model = ppo(pendulum_vec(2), seed=seed, n_steps=64)
+        model.learn(192)
+        buf = model.rollout_buffer
+        params = torch.cat([p.detach().flatten() for p in model.policy.parameters()])
+        return buf.actions.copy(), buf.rewards.copy(), params
+
+    a1, r1, p1 = run(0)
+    a2, r2, p2 = run(0)
+    a3, _, p3 = run(1)
+    assert np.array_equal(a1, a2) and np.array_equal(r1, r2) and torch.equal(p1, p2)
+    assert not np.array_equal(a1, a3) and not torch.equal(p1, p3)
+
+
+def test_vecnormalize_statistics_fold_into_the_policy() -> None:
+    vec = pendulum_vec(2, normalize=True)
+    model = ppo(vec)
+    model.learn(128)
+    policy = extract_swan_policy(model)
+    # observations the env produces (VecNormalize clips beyond 10 std, which the policy
+    # does not: statistics from 128 steps make random vectors hit that clip)
+    seen = {PROPRIO: model.rollout_buffer.observations[PROPRIO].reshape(-1, 4)[:8]}
+    raw = {PROPRIO: vec.unnormalize_obs(seen)[PROPRIO].astype(np.float32)}
+    sb3_action, _ = model.predict(vec.normalize_obs(raw), deterministic=True)
+    with torch.no_grad():
+        ours = policy({PROPRIO: torch.as_tensor(raw[PROPRIO])}).numpy()
+    np.testing.assert_allclose(ours, sb3_action, atol=1e-5)
+    # folding composes with statistics the policy already had
+    p = SwanPolicy(policy.config)
+    p.set_normalization(np.full(4, 0.5), np.full(4, 2.0), p.action_low, p.action_high)
+    fold_obs_normalization(p, np.ones(4), np.full(4, 9.0), 0.0)
+    assert torch.allclose(p.proprio_mean, torch.full((4,), 1.0 + 3.0 * 0.5))
+    assert torch.allclose(p.proprio_std, torch.full((4,), 6.0))
+
+
+# ----------------------------------------------------------------------------- runs
+def tiny_args(tmp: Path, *extra: str) -> list[str]:
+    sets = [
+        "policy.head.hidden=[16, 16]",
+        "rl.critic_hidden=[16]",
+        "rl.total_timesteps=256",
+        "rl.n_envs=2",
+        "rl.hyperparams={n_steps: 64, batch_size: 64, n_epochs: 2}",
+        "eval.episodes=2",
+        "eval.workers=1",
+        "log.checkpoint_every=128",
+        *extra,
+    ]
+    return [a for s in sets for a in ("--set", s)]
+
+
+@pytest.mark.parametrize("method", ["ppo", "sac"])
+def test_rl_checkpoint_round_trips_into_swanpolicy(tmp_path: Path, method: str) -> None:
+    overrides = tiny_args(tmp_path, f"method={method}", "rl.normalize=true")[1::2]
+    if method == "sac":
+        overrides += ["rl.hyperparams={learning_starts: 64, buffer_size: 1000}"]
+    cfg = load_config(REPO / "configs" / "inverted_pendulum_ppo.yaml", overrides)
+    final = train_rl(cfg, tmp_path / "run", show=False)
+    assert latest_checkpoint(tmp_path / "run") == final
+    policy = SwanPolicy.from_pretrained(final)
+    # a fresh model restored from the checkpoint predicts what the saved SwanPolicy does
+    saved_cfg = load_config(tmp_path / "run" / "config.yaml")
+    env = make_rl_env(saved_cfg)
+    model = build_model(saved_cfg, env)
+    state = restore_rl_checkpoint(model, final)
+    assert state.step == model.num_timesteps >= 256
+    raw = raw_batch(6, seed=5)
+    vn = model.get_vec_normalize_env()
+    assert vn is not None and vn.obs_rms[PROPRIO].count > 1  # statistics came back
+    sb3_action, _ = model.predict(vn.normalize_obs(raw), deterministic=True)
+    with torch.no_grad():
+        ours = policy({PROPRIO: torch.as_tensor(raw[PROPRIO])}).numpy()
+    np.testing.assert_allclose(ours, sb3_action, atol=1e-5)
+    if method == "sac":
+        assert model.replay_buffer.pos == state.extras["replay"]["pos"] > 0
+    env.close()
+
+
+def test_bad_hyperparameters_are_one_line_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = str(REPO / "configs" / "inverted_pendulum_ppo.yaml")
+    args = ["train", "--config", config, "--run-dir", str(tmp_path / "r"), "--quiet"]
+    assert main([*args, "--set", "rl.hyperparams={n_stepz: 3}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: rl.hyperparams") and err.count("\n") == 1
+    assert main([*args, "--set", "rl.hyperparams={seed: 3}"]) == 2
+    assert "set by the run itself" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="rl.teacher"):
+        load_config(REPO / "configs" / "reach_distill.yaml", ["rl.teacher.run=x"])
+
+
+def test_cli_train_resume_eval_in_a_subprocess(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    config = str(REPO / "configs" / "inverted_pendulum_ppo.yaml")
+    args = ["train", "--config", config, "--run-dir", str(run), "--quiet", *tiny_args(tmp_path)]
+    cmd = [sys.executable, "-m", "swan_policy.cli", *args]
+    env = {**os.environ, "MUJOCO_GL": "egl"}
+    first = subprocess.run([*cmd, "--n-envs", "2"], capture_output=True, text=True, env=env)
+    assert first.returncode == 0, first.stderr
+    assert latest_checkpoint(run) == run / "checkpoints" / "step_256"
+    assert main(args) == 2 and "exists" in capsys.readouterr().err
+    more = [*cmd, "--resume", "--set", "rl.total_timesteps=512"]
+    second = subprocess.run(more, capture_output=True, text=True, env=env)
+    assert second.returncode == 0, second.stderr
+    assert latest_checkpoint(run) == run / "checkpoints" / "step_512"
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    train_keys = set().union(*(r for r in records if r["kind"] == "train"))
+    assert {"gates/actor_active", "gates/actor/head.layers.0", "train/loss"} <= train_keys
+    assert [r["step"] for r in records if r["kind"] == "eval"] == [256, 512]
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    assert load_config(run / "config.yaml").policy.proprio_dim == 4
+    # swan eval reads the RL run like any other
+    out = tmp_path / "eval.json"
+    ev = ["eval", "--run", str(run), "--episodes", "2", "--budgets", "1,0.5", "--workers", "1"]
+    assert main([*ev, "--json", str(out)]) == 0
+    assert [r["budget"] for r in json.loads(out.read_text())["results"]] == [1.0, 0.5]
+
+
+def test_distill_teacher_labels_the_pixel_student(tmp_path: Path) -> None:
+    import yaml
+
+    teacher = yaml.safe_load((REPO / "configs" / "reach_state_ppo.yaml").read_text())
+    teacher["policy"]["head"]["hidden"] = [16, 16]
+    teacher["rl"].update(
+        total_timesteps=128,
+        critic_hidden=[16],
+        hyperparams={"n_steps": 64, "batch_size": 64, "n_epochs": 1},
+    )
+    teacher["eval"].update(episodes=2, workers=1, at_end=False)
+    (tmp_path / "teacher.yaml").write_text(yaml.safe_dump(teacher))
+    sets = [
+        "env.kwargs={width: 32, height: 32}",
+        "policy.encoder.channels=[4, 4]",
+        "policy.encoder.strides=[2, 1]",
+        "policy.head.hidden=[16, 16]",
+        "policy.head.proprio_hidden=8",
+        f"rl.teacher.config={tmp_path / 'teacher.yaml'}",
+        "rl.n_envs=2",
+        "demos.episodes=3",
+        "bc.steps=6",
+        "bc.batch_size=8",
+        "bc.warmup_steps=2",
+        "dagger.rounds=1",
+        "dagger.episodes_per_round=2",
+        "dagger.steps_per_round=3",
+        "eval.episodes=2",
+        "eval.workers=1",
+        "eval.budgets=[1.0]",
+        "log.log_every=2",
+        "log.checkpoint_every=3",
+    ]
+    run = tmp_path / "run"
+    args = ["train", "--config", str(REPO / "configs" / "reach_distill.yaml")]
+    args += ["--run-dir", str(run), "--quiet", *[a for s in sets for a in ("--set", s)]]
+    assert main(args) == 0
+    assert latest_checkpoint(run / "teacher") == run / "teacher" / "checkpoints" / "step_128"
+    assert latest_checkpoint(run) == run / "checkpoints" / "step_9"
+    assert (run / "dagger" / "round_0.safetensors").is_file()  # teacher-driven demos
+    assert (run / "dagger" / "round_1.safetensors").is_file()
+    assert not (tmp_path / "data").exists()  # no scripted-expert demo file
+    # the labels are the teacher's actions on the env's privileged state
+    from swan_policy.train.imitation import teacher_labeller
+    from swan_policy.train.rl_run import run_policy_dir
+
+    teacher_dir = run_policy_dir(run / "teacher")
+    env = teacher_labeller(teacher_dir)(make_env(EnvConfig(**{**REACH16.model_dump()})))
+    _, info = env.reset(seed=0)
+    _, _, _, _, info = env.step(np.zeros(2, dtype=np.float32))
+    expected = SwanPolicy.from_pretrained(teacher_dir).act(env.unwrapped.state_observation())
+    np.testing.assert_array_equal(info["expert_action"], expected)
+    # resume: the finished teacher is reused, the student continues
+    stamp = (run / "teacher" / "checkpoints" / "last").stat().st_mtime_ns
+    assert main([*args, "--resume", "--set", "bc.steps=9"]) == 0
+    assert latest_checkpoint(run) == run / "checkpoints" / "step_12"
+    assert (run / "teacher" / "checkpoints" / "last").stat().st_mtime_ns == stamp
