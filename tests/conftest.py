@@ -37,6 +37,7 @@ def random_obs(cfg: PolicyConfig, batch: int, seed: int = 0) -> dict[str, torch.
         obs["pixels"] = torch.randint(
             0, 256, (batch, *cfg.image_hw, cfg.image_channels), generator=g, dtype=torch.uint8
         )
+    assert cfg.proprio_dim is not None  # tiny_config()/state_config() set it
     obs["proprio"] = torch.randn(batch, cfg.proprio_dim, generator=g)
     return obs
 
