@@ -15,6 +15,7 @@ import pickle
 import random
 import re
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ import torch
 
 from swan_policy.budget.ladder import Ladder
 from swan_policy.cli import main
+from swan_policy.config import PolicyConfig
 from swan_policy.data.demos import DemoFileError, load_demos
 from swan_policy.deploy.runtime import BundleError, PolicyRuntime, sha256_file
 from swan_policy.policy import SwanPolicy
@@ -381,13 +383,13 @@ def test_row3_dtype_and_architecture_mismatch_list_the_keys(tmp_path: Path) -> N
 # --------------------------------------------------------------------------- row 5
 @pytest.mark.parametrize("make", [tiny_config, state_config], ids=["pixels", "proprio"])
 def test_row5_round_trip_is_bit_exact_and_resaving_is_byte_identical(
-    tmp_path: Path, make: object
+    tmp_path: Path, make: Callable[[], PolicyConfig]
 ) -> None:
     """Row 5: parameters and buffers bit-identical, same action, config equal; saving
     the loaded policy again writes byte-identical files (a deterministic format), and
     files get the user's usual permissions (not mkstemp's 0600)."""
     torch.manual_seed(3)
-    policy = SwanPolicy(make()).eval()  # type: ignore[operator]
+    policy = SwanPolicy(make()).eval()
     dim, act = policy.proprio_dim, policy.action_dim
     policy.set_normalization(
         np.linspace(-1, 1, dim), np.linspace(0.5, 2, dim), -2 * np.ones(act), np.ones(act)

@@ -224,8 +224,11 @@ def test_unscale_then_normalise_is_the_identity_and_stays_in_bounds(
     policy.set_normalization(np.zeros(4), np.ones(4), low, high)
     a = torch.tensor(data.draw(st.lists(st.floats(-1, 1), min_size=n, max_size=n)))
     a = a.float()[None]
-    # isolate the scaling: the network's output is replaced by the drawn value
-    policy.forward_normalized = lambda *args, **kwargs: a  # type: ignore[method-assign]
+
+    def drawn(*args: object, **kwargs: object) -> torch.Tensor:
+        return a  # the network's output replaced by the drawn value: isolates the scaling
+
+    policy.forward_normalized = drawn  # type: ignore[method-assign]  # a stub, on purpose
     env_units = policy({"proprio": torch.zeros(1, 4)})
     assert bool((env_units >= policy.action_low - 1e-4).all())
     assert bool((env_units <= policy.action_high + 1e-4).all())
