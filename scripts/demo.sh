@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job, on a fresh machine: set up .venv, then run the end-to-end demo:
 # expert demos on swan_envs/Reach-v0 -> BC with the sandwich rule + DAgger -> evaluation
-# at budgets 1.0 / 0.5 / 0.25. About 10-15 minutes on a 2-core CPU.
+# at budgets 1.0 / 0.5 / 0.25 -> ONNX bundle (one dense graph per budget level, parity
+# asserted) -> the torch-free runtime in a 50 Hz control loop against the simulator.
+# About 12-18 minutes on a 2-core CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_venv.sh
@@ -13,3 +15,8 @@ echo "== swan train: demos (collected once into data/), BC + DAgger -> $run"
 .venv/bin/swan train --config configs/reach_bc.yaml --run-dir "$run"
 echo "== swan eval: 50 episodes per budget"
 .venv/bin/swan eval --run "$run" --episodes 50 --budgets 1,0.5,0.25 --json "$run/eval.json"
+echo "== swan export: budget ladder -> one verified ONNX graph per level -> $run/bundle"
+.venv/bin/swan export --run "$run" --out "$run/bundle" --calib-episodes 20
+echo "== swan deploy: torch-free runtime, 50 Hz, 5 ms deadline, per-step scheduler"
+.venv/bin/swan deploy --bundle "$run/bundle" --task swan_envs/Reach-v0 --rate 50 \
+  --deadline-ms 5 --episodes 20 --json "$run/deploy.json"

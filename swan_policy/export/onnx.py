@@ -135,7 +135,7 @@ class DenseLevelGraph(nn.Module):
                 first = enc.convs[0].conv
                 if _padding_of(first) != 0:
                     raise ValueError("pixel normalisation folding needs an unpadded first conv")
-                first.bias -= 0.5 * first.weight.sum((1, 2, 3))  # type: ignore[operator]
+                first.bias -= 0.5 * first.weight.sum((1, 2, 3))  # type: ignore[operator]  # bias: Tensor | None
                 first.weight /= 255.0
             # the layer that reads the normalised proprio, and which of its input columns
             target, cols = (
@@ -242,9 +242,11 @@ class GatedPolicyGraph(nn.Module):
 # ---------------------------------------------------------------------- ONNX files
 def export_graph(module: nn.Module, example: Sequence[Tensor], path: Path) -> None:
     """Dynamo export of a wrapper to one self-contained file, dynamic batch axis."""
-    input_names: list[str] = list(module.input_names)  # type: ignore[arg-type]
-    output_names: list[str] = list(module.output_names)  # type: ignore[arg-type]
+    input_names: list[str] = list(module.input_names)  # type: ignore[arg-type]  # Module.__getattr__
+    output_names: list[str] = list(module.output_names)  # type: ignore[arg-type]  # Module.__getattr__
     batch = torch.export.Dim("batch", min=1, max=65536)
+    # torch.onnx logs a warning per torchvision op it cannot register; we use none.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     with warnings.catch_warnings(), torch.no_grad():
         # the gates keep their last logits as attributes; torch.export warns about it
         warnings.simplefilter("ignore")
@@ -362,7 +364,7 @@ def check_parity(
     from swan_policy.deploy.runtime import load_session
 
     sess = load_session(path)
-    names: list[str] = list(module.input_names)  # type: ignore[arg-type]
+    names: list[str] = list(module.input_names)  # type: ignore[arg-type]  # Module.__getattr__
     diffs: dict[str, float] = {}
     for label, obs in inputs.items():
         n = int(next(iter(obs.values())).shape[0])
@@ -576,7 +578,7 @@ def _export_gated(
             ref_module,
             root / GATED_FILE,
             inputs,
-            extra=lambda n, b=b: {BUDGET: np.full(n, b, dtype=np.float32)},  # type: ignore[misc]
+            extra=lambda n, b=b: {BUDGET: np.full(n, b, dtype=np.float32)},  # type: ignore[misc]  # b=b binds the loop value
             atol=atol,
         )
         parity.update({f"b={b:g}/{k}": v for k, v in diffs.items()})
@@ -624,7 +626,7 @@ def quantize_level(
 
     from swan_policy.deploy.runtime import load_session
 
-    names: list[str] = list(graph.input_names)  # type: ignore[arg-type]
+    names: list[str] = list(graph.input_names)  # type: ignore[arg-type]  # Module.__getattr__
     calib = [inputs[k] for k in ("real_16", "random_16", "edge_16") if k in inputs]
 
     class Reader(CalibrationDataReader):
