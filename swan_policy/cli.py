@@ -658,7 +658,7 @@ def export(
             run,
             out,
             levels=ladder_levels,
-            gates=gates,  # type: ignore[arg-type]
+            gates=gates,  # type: ignore[arg-type]  # str, checked above to be folded|kept
             gated=gated,
             int8=int8,
             calib_episodes=calib_episodes,

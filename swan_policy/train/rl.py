@@ -416,7 +416,7 @@ class SwanActorCriticPolicy(ActorCriticPolicy):
             _ortho_init(self.swan, self.critic_extractor, self.value_head)
         self.optimizer = self.optimizer_class(
             self.parameters(),
-            lr=lr_schedule(1),  # type: ignore[call-arg]
+            lr=lr_schedule(1),  # type: ignore[call-arg]  # Optimizer's stub has no lr (as in SB3)
             **self.optimizer_kwargs,
         )
 
@@ -596,8 +596,8 @@ class SwanSACActor(Actor):
         self.clip_mean = 0.0
         action_dim = int(self.swan.action_dim)
         latent_dim = self.swan.head.hidden[-1].num_units
-        self.log_std = nn.Linear(latent_dim, action_dim)  # type: ignore[assignment]
-        self.action_dist = SquashedDiagGaussianDistribution(action_dim)  # type: ignore[assignment]
+        self.log_std = nn.Linear(latent_dim, action_dim)  # type: ignore[assignment]  # SB3 Actor's attr type
+        self.action_dist = SquashedDiagGaussianDistribution(action_dim)  # type: ignore[assignment]  # ditto
 
     def get_action_dist_params(self, obs: PyTorchObs) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """``(mean = SwanPolicy pre-tanh actions, log std, {})``; in training the mean
@@ -755,7 +755,7 @@ class SwanSACPolicy(SACPolicy):
             self._swan_args["critic_hidden"],
             self._swan_args["critic_gated"],
             self._swan_args["critic_sparsity_weight"],
-            int(self.critic_kwargs["n_critics"]),  # type: ignore[call-overload]
+            int(self.critic_kwargs["n_critics"]),  # type: ignore[call-overload]  # kwargs: dict[str, Any]
         )
         return critic.to(self.device)
 

@@ -70,12 +70,12 @@ def play(s: Scheduler, steps: list[StepInfo]) -> list[float]:
 @pytest.mark.parametrize("spec", SPECS, ids=str)
 def test_budgets_are_levels_and_deterministic(spec: object) -> None:
     steps = synthetic_steps(200, seed=1)
-    a = make_scheduler(spec)  # type: ignore[arg-type]
+    a = make_scheduler(spec)  # type: ignore[arg-type]  # specs drawn as object
     first = play(a, steps)
     assert all(0.0 < b <= 1.0 and b in DEFAULT_LEVELS for b in first)
     # a fresh instance, and the same instance after reset, repeat the sequence exactly
     # (the deadline's latency windows outlive reset by design, so only a fresh one)
-    assert play(make_scheduler(spec), steps) == first  # type: ignore[arg-type]
+    assert play(make_scheduler(spec), steps) == first  # type: ignore[arg-type]  # as above
     if not isinstance(a, Deadline):
         assert play(a, steps) == first
     # spec() rebuilds an equivalent scheduler
@@ -111,7 +111,7 @@ def test_adaptive_spends_more_on_hard_steps() -> None:
     budgets = np.array(play(Adaptive(0.5, signal="action"), steps))
     change = np.array(
         [
-            np.linalg.norm(steps[t].action - steps[t - 1].action)  # type: ignore[operator]
+            np.linalg.norm(steps[t].action - steps[t - 1].action)  # type: ignore[operator]  # t > 1: set
             if t > 1
             else 0.0
             for t in range(len(steps))
@@ -223,7 +223,7 @@ def test_schedule_table() -> None:
 )
 def test_bad_config_is_one_line_value_error(spec: object, message: str) -> None:
     with pytest.raises(ValueError) as err:
-        make_scheduler(spec)  # type: ignore[arg-type]
+        make_scheduler(spec)  # type: ignore[arg-type]  # bad specs, on purpose
     text = str(err.value)
     assert text.startswith(message), text
     assert "\n" not in text

@@ -71,7 +71,7 @@ def test_bad_observations_are_refused_before_onnxruntime(reach_bundle, key, make
     path, _, _ = reach_bundle
     runtime = PolicyRuntime.load(path)
     counters = {b: _Counting(s) for b, s in runtime._sessions.items()}
-    runtime._sessions = counters  # type: ignore[assignment]
+    runtime._sessions = counters  # type: ignore[assignment]  # a counting stand-in
     good = one_obs(1)
     snapshot = {k: v.copy() for k, v in good.items()}
     bad = _bad(good, key, None if make is None else make(good))
@@ -83,7 +83,7 @@ def test_bad_observations_are_refused_before_onnxruntime(reach_bundle, key, make
     runtime.act(good)  # and the runtime still works
     assert sum(c.calls for c in counters.values()) == 1
     with pytest.raises(ObservationError, match="must be a dict"):
-        runtime.act([good["pixels"], good["proprio"]])  # type: ignore[arg-type]
+        runtime.act([good["pixels"], good["proprio"]])  # type: ignore[arg-type]  # on purpose
 
 
 def test_scheduler_picks_levels_and_stats_count_them(reach_bundle) -> None:
