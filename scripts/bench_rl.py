@@ -80,9 +80,9 @@ def dense_env(cfg: ExperimentConfig) -> VecEnv:
     rl = cfg.rl
     fns = [partial(gym.make, cfg.env.id, **cfg.env.kwargs) for _ in range(rl.n_envs)]
     base: VecEnv = (
-        SubprocVecEnv(fns, start_method="forkserver")  # type: ignore[arg-type]
+        SubprocVecEnv(fns, start_method="forkserver")  # type: ignore[arg-type]  # partial(gym.make)
         if rl.subproc and rl.n_envs > 1
-        else DummyVecEnv(fns)  # type: ignore[arg-type]
+        else DummyVecEnv(fns)  # type: ignore[arg-type]  # partial(gym.make) is untyped
     )
     env: VecEnv = VecMonitor(base)
     if rl.normalize:
@@ -97,7 +97,7 @@ def dense_act(model: BaseAlgorithm) -> Act:
     def act(obs: dict[str, np.ndarray]) -> np.ndarray:
         batch = obs[PROPRIO][None]
         if vn is not None:
-            batch = vn.normalize_obs(batch)  # type: ignore[assignment]
+            batch = vn.normalize_obs(batch)  # type: ignore[assignment]  # array in, array out
         return model.predict(batch, deterministic=True)[0][0]
 
     return act
@@ -115,7 +115,12 @@ def with_seed(cfg: ExperimentConfig, seed: int, timesteps: int | None) -> Experi
 
 
 def returns_part(
-    cfg: ExperimentConfig, seeds: list[int], episodes: int, out: Path, timesteps: int | None
+    cfg: ExperimentConfig,
+    seeds: list[int],
+    episodes: int,
+    out: Path,
+    timesteps: int | None,
+    gated_only: bool = False,
 ) -> dict[str, Any]:
     name = cfg.name
     rows = []
@@ -125,7 +130,7 @@ def returns_part(
     probe.close()
     random_returns = evaluate(
         cfg,
-        lambda obs: rng.uniform(space.low, space.high).astype(np.float32),  # type: ignore[attr-defined]
+        lambda obs: rng.uniform(space.low, space.high).astype(np.float32),  # type: ignore[attr-defined]  # a Box
         episodes,
         10_000,
     )
@@ -141,14 +146,15 @@ def returns_part(
         policy.reset_gate_stats()
         g_ret = evaluate(scfg, policy.act, episodes, 10_000)
         active = unit_weighted_active(policy)
-        t0 = time.perf_counter()
-        torch.manual_seed(seed)
-        env = dense_env(scfg)
-        dense = PPO("MlpPolicy", env, seed=seed, verbose=0, **scfg.rl.hyperparams)
-        dense.learn(scfg.rl.total_timesteps)
-        dense_s = time.perf_counter() - t0
-        d_ret = evaluate(scfg, dense_act(dense), episodes, 10_000)
-        env.close()
+        d_ret, dense_s = [float("nan")], float("nan")
+        if not gated_only:
+            t0 = time.perf_counter()
+            env = dense_env(scfg)
+            dense = PPO("MlpPolicy", env, seed=seed, verbose=0, **scfg.rl.hyperparams)
+            dense.learn(scfg.rl.total_timesteps)
+            dense_s = time.perf_counter() - t0
+            d_ret = evaluate(scfg, dense_act(dense), episodes, 10_000)
+            env.close()
         row = {
             "seed": seed,
             "gated_return": float(np.mean(g_ret)),
@@ -200,7 +206,7 @@ def throughput_part(cfg: ExperimentConfig, rounds: int) -> dict[str, Any]:
             m.learn(chunk, reset_num_timesteps=False)
             times[k].append(time.perf_counter() - t0)
     for m in models.values():
-        m.get_env().close()  # type: ignore[union-attr]
+        m.get_env().close()  # type: ignore[union-attr]  # learn() ran: the env is set
     dense_t = np.array(times["dense"])
     return {
         k: {
@@ -230,6 +236,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=8, help="throughput rounds (0: skip)")
     ap.add_argument("--set", action="append", default=[], help="config override (both configs)")
     ap.add_argument("--out", type=Path, default=Path("runs/bench_rl"))
+    ap.add_argument("--gated-only", action="store_true", help="skip the dense arm (tuning)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -238,7 +245,9 @@ def main() -> None:
         cfg = load_config(path, args.set)
         res: dict[str, Any] = {"config": path, "overrides": args.set, "name": cfg.name}
         if args.seeds:
-            res["returns"] = returns_part(cfg, args.seeds, args.episodes, args.out, args.timesteps)
+            res["returns"] = returns_part(
+                cfg, args.seeds, args.episodes, args.out, args.timesteps, args.gated_only
+            )
         if args.rounds:
             res["throughput"] = throughput_part(cfg, args.rounds)
         results.append(res)

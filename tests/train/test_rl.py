@@ -5,8 +5,10 @@ from __future__ import annotations
 import copy
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -286,6 +288,34 @@ def test_cli_train_resume_eval_in_a_subprocess(
     ev = ["eval", "--run", str(run), "--episodes", "2", "--budgets", "1,0.5", "--workers", "1"]
     assert main([*ev, "--json", str(out)]) == 0
     assert [r["budget"] for r in json.loads(out.read_text())["results"]] == [1.0, 0.5]
+
+
+def test_ctrl_c_checkpoints_exits_130_and_resumes(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    config = str(REPO / "configs" / "inverted_pendulum_ppo.yaml")
+    long = tiny_args(tmp_path, "rl.total_timesteps=10000000", "eval.at_end=false")
+    cmd = [sys.executable, "-m", "swan_policy.cli", "train", "--config", config]
+    proc = subprocess.Popen(
+        [*cmd, "--run-dir", str(run), "--quiet", *long],
+        env={**os.environ, "MUJOCO_GL": "egl"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoints" / "last").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    ckpt = latest_checkpoint(run)
+    assert ckpt is not None
+    step = int(ckpt.name.split("_")[1])
+    assert step >= 128 and step % 128 == 0  # a rollout boundary: no partial rollout kept
+    resume = ["train", "--config", config, "--run-dir", str(run), "--quiet", "--resume"]
+    more = tiny_args(tmp_path, f"rl.total_timesteps={step + 128}", "eval.at_end=false")
+    assert main([*resume, *more]) == 0
+    assert latest_checkpoint(run) == run / "checkpoints" / f"step_{step + 128}"
 
 
 def test_distill_teacher_labels_the_pixel_student(tmp_path: Path) -> None:
