@@ -111,8 +111,8 @@ def tradeoff(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         for r in rows:
             if r["scheduler"] is None:
                 continue
-            ok_s = r["success_mean"] >= top["success_mean"] - 0.02
-            ok_m = r["macs_mean"] <= 0.5 * top["macs_mean"]
+            ok_s = r["success_mean"] >= top["success_mean"] - 0.02 - 1e-9
+            ok_m = r["macs_mean"] <= 0.5 * top["macs_mean"] * (1 + 1e-9)
             checks.append(
                 {
                     "label": r["label"],
