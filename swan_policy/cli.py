@@ -429,8 +429,8 @@ def evaluate(
         )
     dense = policy.dense_macs()
     table = Table(title=f"{run.name}: {episodes} episodes per row, {cfg.env.id}")
-    cols = ("budget", "success", "return", "length", "mean b", "active", "MMACs/step", "of dense")
-    for col in cols:
+    table.add_column("budget", justify="right", no_wrap=True)
+    for col in ("success", "return", "length", "mean b", "active", "MMACs/step", "of dense"):
         table.add_column(col, justify="right")
     for r in results:
         active = sum(r.active_fraction.values()) / max(len(r.active_fraction), 1)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 
 from swan_policy.budget.schedulers import Adaptive
@@ -107,3 +108,31 @@ def test_run_episodes_with_per_env_schedulers_records_budgets_and_macs(tmp_path:
     png = plot_tradeoff([full, low, adaptive], policy.dense_macs(), tmp_path / "p.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert isinstance(adaptive, BudgetResult) and adaptive.to_json()["scheduler"] == spec
+
+
+def test_swan_eval_sweep_writes_table_json_and_plot(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from swan_policy.cli import main
+    from tests.test_compact import make_run
+
+    run = make_run(tmp_path)
+    args = ["eval", "--run", str(run), "--episodes", "1", "--workers", "1", "--sweep"]
+    assert main([*args, "--avg-budget", "0.4"]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "adaptive 0.4 (action)" in out and "eval_sweep.png" in out.replace("\n", "")
+    payload = json.loads((run / "eval_sweep.json").read_text())
+    labels = [r["label"] for r in payload["results"]]
+    assert labels == [
+        "budget 1",
+        "budget 0.75",
+        "budget 0.5",
+        "budget 0.25",
+        "adaptive 0.4 (action)",
+    ]
+    adaptive = payload["results"][-1]
+    assert adaptive["scheduler"]["kind"] == "adaptive"
+    assert max(adaptive["episode_mean_budget"]) <= 0.4 + 1e-9
+    assert (run / "eval_sweep.png").read_bytes()[:4] == b"\x89PNG"
