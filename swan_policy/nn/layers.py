@@ -17,7 +17,6 @@ All three agree on outputs (up to float summation order); tests assert atol 1e-5
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -61,41 +60,6 @@ def _np(t: Tensor) -> np.ndarray:
 def _union_active(gates: Tensor) -> Tensor:
     """Indices of units active in at least one sample of the batch."""
     return gates.any(0).nonzero().squeeze(1)
-
-
-class _GatedReLU(torch.autograd.Function):
-    """``relu(z) * g[:, :, None, None]`` with a hand-written backward (training path).
-
-    Autograd's backward runs ``grad * g``, ``grad * relu(z)``, a sum and
-    ``threshold_backward``: four passes over the activation map. Here ``dz`` comes from
-    one ``threshold_backward`` on the gated output (positive exactly where the gate is on
-    and the ReLU passes), so three passes. Same gradients (tests compare with autograd);
-    a small saving, measured in docs/results.md (issue 4): the gate's remaining training
-    cost is these memory-bound elementwise passes, which eager PyTorch cannot fuse.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, z: Tensor, g: Tensor) -> Tensor:
-        r = torch.relu(z)
-        out = r * g[:, :, None, None]
-        ctx.save_for_backward(r, out)
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
-        r, out = ctx.saved_tensors
-        dg = (grad * r).sum((2, 3)) if ctx.needs_input_grad[1] else None
-        # out > 0 exactly where the gate is on and relu passes: one pass for dz.
-        dz = torch.ops.aten.threshold_backward(grad, out, 0) if ctx.needs_input_grad[0] else None
-        return dz, dg
-
-
-def gated_relu(z: Tensor, g: Tensor) -> Tensor:
-    """``relu(z) * g`` per channel (``z [B, N, H, W]``, ``g [B, N]``)."""
-    if torch.is_grad_enabled() and (z.requires_grad or g.requires_grad):
-        out: Tensor = _GatedReLU.apply(z, g)
-        return out
-    return F.relu(z) * g[:, :, None, None]
 
 
 @dataclass(frozen=True)
@@ -169,11 +133,11 @@ class GatedConv2d(nn.Module):
 
     def forward(self, x: Tensor, budget: float = 1.0) -> tuple[Tensor, Tensor | None]:
         """Masked mode: returns ``(y [B, N, H, W], gates [B, N] or None if ungated)``."""
-        z = self.conv(x)
+        y = F.relu(self.conv(x))
         if self.gate is None:
-            return F.relu(z), None
+            return y, None
         g = self.gate(self.gate_logits(x), budget)
-        return gated_relu(z, g), g
+        return y * g[:, :, None, None], g
 
     def forward_sparse(self, a: Active, budget: float = 1.0) -> Active:
         """Sparse mode (inference): only active output channels, fed by active inputs.

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from swan_policy.nn.layers import Active, GatedConv2d, GatedLinear, GateOptions, gated_relu
+from swan_policy.nn.layers import Active, GatedConv2d, GatedLinear, GateOptions
 
 
 def _conv(seed: int = 0) -> GatedConv2d:
@@ -95,21 +95,3 @@ def test_bad_geometry_is_refused() -> None:
         GatedConv2d(3, 4, 5, 1, in_hw=(3, 3))
     with pytest.raises(ValueError, match="gate rank"):
         GatedLinear(4, 4, rank=0)
-
-
-def test_fused_gated_relu_matches_autograd() -> None:
-    """The hand-written backward gives autograd's gradients for z and for the gates."""
-    torch.manual_seed(0)
-    z = torch.randn(3, 5, 4, 4, dtype=torch.float64, requires_grad=True)
-    g = (torch.rand(3, 5, dtype=torch.float64) > 0.4).double().requires_grad_()
-    w = torch.randn(3, 5, 4, 4, dtype=torch.float64)
-    (gated_relu(z, g) * w).sum().backward()
-    dz, dg = z.grad, g.grad
-    z.grad = g.grad = None
-    (torch.relu(z) * g[:, :, None, None] * w).sum().backward()
-    assert dz is not None and dg is not None
-    torch.testing.assert_close(dz, z.grad, atol=1e-12, rtol=0)
-    torch.testing.assert_close(dg, g.grad, atol=1e-12, rtol=0)
-    assert torch.autograd.gradcheck(
-        lambda a, b: gated_relu(a, b), (z.detach().requires_grad_(), g.detach().requires_grad_())
-    )
