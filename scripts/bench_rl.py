@@ -106,6 +106,8 @@ def dense_act(model: BaseAlgorithm) -> Act:
 def unit_weighted_active(policy: SwanPolicy) -> float:
     layers = policy.gate_stats()["layers"]
     units = sum(v["units"] for v in layers.values())
+    if not units:  # an ungated policy: every unit computes
+        return 1.0
     return sum(v["active_fraction"] * v["units"] for v in layers.values()) / units
 
 

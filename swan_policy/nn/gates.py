@@ -57,10 +57,12 @@ def budget_mask(logits: Tensor, budget: float, num_ref_units: int | None = None)
         A float tensor of the logits' shape holding exactly 0.0 and 1.0.
     """
     n = logits.shape[-1]
-    positive = logits > 0
     k = units_for_budget(budget, num_ref_units if num_ref_units is not None else n)
     if k >= n:
-        return positive.to(logits.dtype)
+        # 1[s > 0] in three cheap float passes: comparison + cast cost ~4x more on CPU
+        # (per-op cost is what small RL layers pay, issue 5); NaN logits stay off
+        return torch.sign(logits).clamp_(min=0.0).nan_to_num_(0.0)
+    positive = logits > 0
     # top-k by logit; units with s <= 0 stay off even when fewer than k are positive.
     top = torch.topk(logits, k, dim=-1, sorted=False).indices
     keep = torch.zeros_like(positive).scatter_(-1, top, True)
@@ -87,25 +89,34 @@ class _HardGateSTE(torch.autograd.Function):
     """Forward: the given hard mask. Backward: sigmoid surrogate (+ injected sparsity)."""
 
     @staticmethod
-    def forward(ctx: Any, logits: Tensor, mask: Tensor, tau: float, inject: float) -> Tensor:
+    def forward(
+        ctx: Any, logits: Tensor, mask: Tensor, tau: float, inject: float, target: float | None
+    ) -> Tensor:
         ctx.save_for_backward(logits)
         ctx.tau = tau
         ctx.inject = inject
+        ctx.target = target  # None: l1 regulariser; else the target rate
         return mask
 
     @staticmethod
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, None, None, None]:
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, None, None, None, None]:
         (logits,) = ctx.saved_tensors
         tau = ctx.tau
         sig = torch.sigmoid(logits if tau == 1.0 else logits / tau)
         if ctx.inject:
-            # d/ds of inject * mean(sigma(s / tau)): the regulariser's gradient, added here
-            # so that it acts even when the caller's loss does not include it.
-            grad_out = grad_out + ctx.inject / logits.numel()
+            # The regulariser's gradient, added here so that it acts even when the caller's
+            # loss does not include it (SB3's train(), issue 5): d/ds of inject * R with
+            # R = mean(sigma(s / tau)) (l1) or relu(mean - target)^2 (target), i.e.
+            # c * sigma'(s / tau) / tau with c = dR/dmean / numel.
+            scale = ctx.inject / logits.numel()
+            if ctx.target is None:
+                grad_out = grad_out + scale
+            else:
+                grad_out = grad_out + scale * 2.0 * torch.relu(sig.mean() - ctx.target)
         # grad_out * sigma'(s / tau) / tau; sigmoid_backward is one pass (small layers are
         # bound by per-op overhead: RL's MLPs, issue 5)
         grad = torch.ops.aten.sigmoid_backward(grad_out, sig)
-        return (grad if tau == 1.0 else grad / tau), None, None, None
+        return (grad if tau == 1.0 else grad / tau), None, None, None, None
 
 
 class SwanGate(nn.Module):
@@ -160,20 +171,33 @@ class SwanGate(nn.Module):
 
     def forward(self, logits: Tensor, budget: float = 1.0) -> Tensor:
         """Hard gates ``[B, N]`` (exactly 0/1) with a straight-through gradient."""
-        mask = budget_mask(logits.detach(), budget, self.num_ref_units)
-        if torch.is_grad_enabled() and logits.requires_grad:
-            gates = _HardGateSTE.apply(logits, mask, self.tau, self.inject_weight)
-            self._reg_logits = logits
+        detached = logits.detach()
+        mask = budget_mask(detached, budget, self.num_ref_units)
+        grad = torch.is_grad_enabled() and logits.requires_grad
+        if grad:
+            target = self.target_rate if self.sparsity == "target" else None
+            gates = _HardGateSTE.apply(logits, mask, self.tau, self.inject_weight, target)
         else:
             gates = mask
-            self._reg_logits = None
-        self._reg = None
-        self._last_logits, self._last_mask, self._last_idx = logits.detach(), mask, None
+        # per-call state: plain attributes, written past Module.__setattr__ (hot path)
+        self.__dict__.update(
+            _reg_logits=logits if grad else None,
+            _reg=None,
+            _last_logits=detached,
+            _last_mask=mask,
+            _last_idx=None,
+        )
         if self.track_stats and not self.training:  # statistics describe inference only
-            with torch.no_grad():  # in place: no Module.__setattr__ on the hot path
-                self.active_count.add_(mask.sum(0))
-                self.sample_count.add_(mask.shape[0])
+            if grad:
+                with torch.no_grad():
+                    self._count(mask)
+            else:
+                self._count(mask)
         return gates
+
+    def _count(self, mask: Tensor) -> None:
+        self.active_count.add_(mask.sum(0))  # in place: no Module.__setattr__
+        self.sample_count.add_(mask.shape[0])
 
     def select(self, logits: np.ndarray, budget: float = 1.0) -> np.ndarray:
         """Inference at batch 1: indices of the active units for logits ``[N]`` (numpy).
@@ -205,7 +229,7 @@ class SwanGate(nn.Module):
         return self._last_logits
 
     def _regulariser(self, logits: Tensor) -> Tensor:
-        expected = torch.sigmoid(logits / self.tau).mean()
+        expected = torch.sigmoid(logits if self.tau == 1.0 else logits / self.tau).mean()
         if self.sparsity == "l1":
             return expected
         return torch.relu(expected - self.target_rate) ** 2

@@ -254,14 +254,17 @@ class GatedLinear(nn.Module):
     def gate_logits(self, x: Tensor, in_idx: Tensor | None = None) -> Tensor:
         assert self.gate_down is not None and self.gate_up is not None
         z = F.linear(x, _select(self.gate_down.weight, 1, in_idx))
-        return self.gate_up(z)
+        # functional, not a module call: small RL layers pay per call (issue 5)
+        return F.linear(z, self.gate_up.weight, self.gate_up.bias)
 
     def forward(self, x: Tensor, budget: float = 1.0) -> tuple[Tensor, Tensor | None]:
         """Masked mode: ``(y [B, N], gates [B, N] or None)``."""
-        y = F.relu(self.linear(x))
+        y = F.relu(F.linear(x, self.linear.weight, self.linear.bias))
         if self.gate is None:
             return y, None
         g = self.gate(self.gate_logits(x), budget)
+        if not torch.is_grad_enabled():
+            return y.mul_(g), g  # inference: no copy
         return y * g, g
 
     def forward_sparse(self, a: Active, budget: float = 1.0) -> Active:

@@ -22,21 +22,22 @@ gated MLPs (:class:`~swan_policy.nn.heads.GatedMLPHead`); a critic that does not
 actor's features has its own gated trunk, :class:`SwanFeaturesExtractor` (gated CNN for
 pixels + proprio MLP; usable with SB3's stock policies as well).
 
-**Sparsity pressure during RL, without touching SB3's ``train()``.** Each training forward
-computes the same unit-weighted sparsity term as behaviour cloning
-(:meth:`SwanPolicy.sparsity_loss`, ``l1`` or ``target`` mode, weight
-``policy.gate.sparsity_weight``) and *attaches* it to a tensor that SB3's loss uses (PPO: the
-log-probabilities; SAC: the Gaussian mean and the first Q value) with :func:`attach_aux_loss`:
-an identity in the forward pass whose backward also sends gradient 1 into the auxiliary term.
-SB3's ``loss.backward()`` therefore computes ``d(loss_sb3 + aux)/d(theta)``; the value SB3
-logs is its own loss. (The gate's ``inject_weight`` does the same for one gate at a time but
-only for the per-layer ``l1`` mean; attaching the policy's own term gives RL exactly the BC
-regulariser.) The critic's gates have their own weight (``critic_sparsity_weight``, default 0:
-the critic is not deployed, so its sparsity saves nothing).
+**Sparsity pressure during RL, without touching SB3's ``train()``.** The gate's backward
+adds the regulariser's gradient (``SwanGate.inject_weight``, DESIGN.md §3): the actor's gate
+``i`` gets ``policy.gate.sparsity_weight * n_i / N`` (``n_i`` its units, ``N`` all gated
+units), so any backward pass through SB3's loss also yields exactly the gradient of
+``sparsity_weight * SwanPolicy.sparsity_loss()`` -- behaviour cloning's unit-weighted term,
+``l1`` or ``target`` mode -- with no loss term, no second graph, and SB3's logged losses
+unchanged (:func:`inject_sparsity`). The critic's gates get ``critic_sparsity_weight`` the same
+way (default 0: the critic is not deployed, so its sparsity saves nothing).
 
 **Budget-robust RL** (``sandwich={...}``, DESIGN.md §3): every update also runs the actor at
 ``b_min`` and at random budgets (or ladder levels) and distils those outputs towards the
-full-budget output (detached), attached the same way. Rollouts always run at ``b = 1``.
+full-budget output (detached). That term is *attached* to a tensor SB3's loss uses (PPO: the
+log-probabilities; SAC: the Gaussian mean) by :func:`attach_aux_loss`, an identity whose
+backward also sends gradient 1 into the term, so SB3's ``loss.backward()`` computes
+``d(loss_sb3 + distill)/d(theta)``. The lower-budget passes carry no sparsity pressure (as
+in BC, only the ``b = 1`` pass does). Rollouts always run at ``b = 1``.
 
 **Pixels**: SB3 wraps channels-last image observations in ``VecTransposeImage``; the policies
 accept either layout (and the float copies SB3's rollout buffers keep) and hand the
@@ -46,7 +47,8 @@ scales pixels itself.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, cast
 
 import numpy as np
@@ -107,17 +109,29 @@ def attach_aux_loss(x: Tensor, aux: Tensor | None) -> Tensor:
     return cast(Tensor, _AttachLoss.apply(x, aux))
 
 
-def gate_sparsity(gates: Sequence[SwanGate]) -> Tensor | None:
-    """Unit-weighted sparsity term of the gates' last differentiable forward (as BC's)."""
-    pairs = [(r, g.num_units) for g in gates if (r := g.regulariser()) is not None]
-    if not pairs:
-        return None
-    total = sum(n for _, n in pairs)
-    return torch.stack([r * (n / total) for r, n in pairs]).sum()
+def inject_sparsity(gates: Sequence[SwanGate], weight: float) -> None:
+    """Let the gates' backward add ``weight`` x their unit-weighted sparsity term's gradient.
+
+    Gate ``i`` gets ``inject_weight = weight * n_i / sum(n)``: the gradient of
+    ``weight * SwanPolicy.sparsity_loss()`` (l1 or target mode), applied whenever a loss
+    is backpropagated through the gates -- inside SB3's ``train()`` for instance.
+    """
+    total = sum(g.num_units for g in gates)
+    for g in gates:
+        g.inject_weight = weight * g.num_units / total if total else 0.0
 
 
-def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
-    return b if a is None else a if b is None else a + b
+@contextmanager
+def _no_injection(gates: Sequence[SwanGate]) -> Iterator[None]:
+    """Forward passes inside carry no sparsity pressure (the sandwich's lower budgets)."""
+    saved = [g.inject_weight for g in gates]
+    for g in gates:
+        g.inject_weight = 0.0
+    try:
+        yield
+    finally:
+        for g, w in zip(gates, saved, strict=True):
+            g.inject_weight = w
 
 
 # ----------------------------------------------------------------------------- observations
@@ -412,6 +426,9 @@ class SwanActorCriticPolicy(ActorCriticPolicy):
         action_dim = int(self.swan.action_dim)
         self.action_dist = DiagGaussianDistribution(action_dim)
         self.log_std = nn.Parameter(torch.full((action_dim,), float(log_std_init)))
+        inject_sparsity(list(self.swan.gates().values()), cfg.gate.sparsity_weight)
+        critic_gates = list(_module_gates(self.critic_extractor, self.value_head).values())
+        inject_sparsity(critic_gates, self.critic_sparsity_weight)
         if ortho_init:
             _ortho_init(self.swan, self.critic_extractor, self.value_head)
         self.optimizer = self.optimizer_class(
@@ -447,23 +464,17 @@ class SwanActorCriticPolicy(ActorCriticPolicy):
         self, obs: PyTorchObs, actions: Tensor
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Training forward (PPO's loss): values, log-probabilities (carrying the
-        sparsity and sandwich terms, see :func:`attach_aux_loss`) and entropy."""
+        sandwich term, see :func:`attach_aux_loss`) and entropy. The gates' backward adds
+        the sparsity pressure (:func:`inject_sparsity`)."""
         mean, sobs, features = self._actor(obs)
-        # read the b=1 pass's sparsity term before lower-budget passes overwrite it
-        aux = self._weighted(self.swan.sparsity_loss(), self.swan.config.gate.sparsity_weight)
-        aux = _add(
-            aux, _sandwich_term(self.swan, sobs, self.swan.normalize_actions(mean), self.sandwich)
-        )
+        distill = None
+        if self.sandwich:
+            full = self.swan.normalize_actions(mean)
+            distill = _sandwich_term(self.swan, sobs, full, self.sandwich)
         values = self._values(obs, features)
-        critic_gates = list(_module_gates(self.critic_extractor, self.value_head).values())
-        aux = _add(aux, self._weighted(gate_sparsity(critic_gates), self.critic_sparsity_weight))
         dist = self.action_dist.proba_distribution(mean, self.log_std)
-        log_prob = attach_aux_loss(dist.log_prob(actions), aux)
+        log_prob = attach_aux_loss(dist.log_prob(actions), distill)
         return values, log_prob, dist.entropy()
-
-    @staticmethod
-    def _weighted(term: Tensor | None, weight: float) -> Tensor | None:
-        return None if term is None or weight == 0.0 or not term.requires_grad else weight * term
 
     def get_distribution(self, obs: PyTorchObs) -> DiagGaussianDistribution:
         mean, _, _ = self._actor(obs)
@@ -537,7 +548,8 @@ def _sandwich_term(
     if not budgets:
         return None
     target = full.detach()
-    terms = [F.mse_loss(swan.forward_normalized(sobs, b), target) for b in budgets]
+    with _no_injection(list(swan.gates().values())):
+        terms = [F.mse_loss(swan.forward_normalized(sobs, b), target) for b in budgets]
     return float(sandwich.get("distill_weight", 1.0)) * torch.stack(terms).sum()
 
 
@@ -596,24 +608,22 @@ class SwanSACActor(Actor):
         self.clip_mean = 0.0
         action_dim = int(self.swan.action_dim)
         latent_dim = self.swan.head.hidden[-1].num_units
-        self.log_std = nn.Linear(latent_dim, action_dim)  # type: ignore[assignment]  # SB3 Actor's attr type
+        self.log_std = nn.Linear(latent_dim, action_dim)  # type: ignore[assignment]
+        gates = list(self.swan.gates().values())
+        inject_sparsity(gates, self.swan.config.gate.sparsity_weight)  # SB3 Actor's attr type
         self.action_dist = SquashedDiagGaussianDistribution(action_dim)  # type: ignore[assignment]  # ditto
 
     def get_action_dist_params(self, obs: PyTorchObs) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """``(mean = SwanPolicy pre-tanh actions, log std, {})``; in training the mean
-        carries the sparsity and sandwich terms (:func:`attach_aux_loss`)."""
+        carries the sandwich term (:func:`attach_aux_loss`)."""
         sobs = self.layout.swan_obs(obs)
         squashed = self.swan.forward_normalized(sobs)  # = tanh(pre): SB3 squashes pre itself
         pre, latent = self._tap.pre, self._tap.latent
         assert pre is not None and latent is not None
         log_std_net = cast(nn.Linear, self.log_std)
         log_std = torch.clamp(log_std_net(latent), LOG_STD_MIN, LOG_STD_MAX)
-        if torch.is_grad_enabled():
-            weight = self.swan.config.gate.sparsity_weight
-            reg = self.swan.sparsity_loss() if weight else None
-            aux = weight * reg if reg is not None and reg.requires_grad else None
-            aux = _add(aux, _sandwich_term(self.swan, sobs, squashed, self.sandwich))
-            pre = attach_aux_loss(pre, aux)
+        if self.sandwich and torch.is_grad_enabled():
+            pre = attach_aux_loss(pre, _sandwich_term(self.swan, sobs, squashed, self.sandwich))
         return pre, log_std, {}
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
@@ -626,7 +636,7 @@ class SwanContinuousCritic(ContinuousCritic):
     """``n_critics`` gated Q MLPs on one gated trunk of their own (SB3's layout for SAC).
 
     Built through ``BaseModel.__init__``; ``forward(obs, actions)`` returns one Q tensor
-    per critic, the first carrying the critic's sparsity term when training.
+    per critic. Its gates carry ``critic_sparsity_weight`` (:func:`inject_sparsity`).
     """
 
     def __init__(
@@ -660,14 +670,11 @@ class SwanContinuousCritic(ContinuousCritic):
             )
             self.add_module(f"qf{idx}", q_net)
             self.q_networks.append(q_net)
+        inject_sparsity(list(_module_gates(self).values()), self.critic_sparsity_weight)
 
     def forward(self, obs: PyTorchObs, actions: Tensor) -> tuple[Tensor, ...]:
         x = torch.cat([self.features_extractor(obs), actions], dim=1)
         qs = [q(x)[0] for q in self.q_networks]
-        if self.critic_sparsity_weight and torch.is_grad_enabled():
-            reg = gate_sparsity(list(_module_gates(self).values()))
-            if reg is not None:
-                qs[0] = attach_aux_loss(qs[0], self.critic_sparsity_weight * reg)
         return tuple(qs)
 
     def q1_forward(self, obs: PyTorchObs, actions: Tensor) -> Tensor:

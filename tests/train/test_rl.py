@@ -140,6 +140,53 @@ def test_attached_loss_adds_its_gradient_and_leaves_the_value() -> None:
     assert torch.allclose(w.grad, torch.full((2,), 3.0) + 0.5 * 2 * w.detach())
 
 
+@pytest.mark.parametrize(
+    ("mode", "tau"), [("l1", 1.0), ("l1", 0.5), ("target", 1.0), ("target", 0.7)]
+)
+def test_injected_sparsity_gradient_equals_the_explicit_term(mode: str, tau: float) -> None:
+    from swan_policy.nn.gates import SwanGate
+
+    s = (torch.randn(16, 8) + 1.0).requires_grad_()
+    kwargs: dict[str, Any] = {"tau": tau, "sparsity": mode, "target_rate": 0.2}
+    injected = SwanGate(8, **kwargs)
+    injected.inject_weight = 0.7
+    (injected(s) * torch.arange(8.0)).sum().backward()
+    grad_injected = s.grad.clone()
+    s.grad = None
+    plain = SwanGate(8, **kwargs)
+    loss = (plain(s) * torch.arange(8.0)).sum() + 0.7 * plain.regulariser()
+    loss.backward()
+    assert torch.allclose(grad_injected, s.grad, atol=1e-7)
+    assert float(plain.regulariser().detach()) > 0.0  # the term is active in both modes
+
+
+def test_ppo_update_gradient_includes_exactly_the_bc_sparsity_term() -> None:
+    kw = state_kw()
+    kw["policy_config"]["gate"].update(sparsity="target", target_rate=0.2, sparsity_weight=0.3)
+    model = ppo(pendulum_vec(), kw)
+    policy = model.policy
+    obs = {PROPRIO: torch.as_tensor(raw_batch(32)[PROPRIO])}
+    actions = torch.randn(32, 1)
+
+    def grads(explicit: bool) -> list[torch.Tensor]:
+        policy.zero_grad()
+        if explicit:  # no injection: add the term to the loss instead
+            for gate in swan_of(model).gates().values():
+                gate.inject_weight = 0.0
+        values, log_prob, _ = policy.evaluate_actions(obs, actions)
+        loss = -log_prob.mean() + values.pow(2).mean()
+        if explicit:
+            loss = loss + 0.3 * swan_of(model).sparsity_loss()
+        loss.backward()
+        return [p.grad.clone() for p in swan_of(model).parameters() if p.grad is not None]
+
+    injected = grads(False)
+    explicit = grads(True)
+    assert len(injected) == len(explicit) > 0
+    for a, b in zip(injected, explicit, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
 def test_sparsity_pressure_lowers_the_active_fraction() -> None:
     fractions = {}
     for weight in (0.0, 1.0):
