@@ -608,9 +608,9 @@ class SwanSACActor(Actor):
         self.clip_mean = 0.0
         action_dim = int(self.swan.action_dim)
         latent_dim = self.swan.head.hidden[-1].num_units
-        self.log_std = nn.Linear(latent_dim, action_dim)  # type: ignore[assignment]
+        self.log_std = nn.Linear(latent_dim, action_dim)  # type: ignore[assignment]  # SB3 Actor's attr type
         gates = list(self.swan.gates().values())
-        inject_sparsity(gates, self.swan.config.gate.sparsity_weight)  # SB3 Actor's attr type
+        inject_sparsity(gates, self.swan.config.gate.sparsity_weight)
         self.action_dist = SquashedDiagGaussianDistribution(action_dim)  # type: ignore[assignment]  # ditto
 
     def get_action_dist_params(self, obs: PyTorchObs) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
