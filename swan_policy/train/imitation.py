@@ -369,11 +369,16 @@ def train(
     resume: bool = False,
     show: bool = True,
     labeller: Labeller | None = None,
+    init_policy: SwanPolicy | None = None,
 ) -> Path:
     """Train a gated policy by BC (+ DAgger); returns the final checkpoint directory.
 
     With a ``labeller`` (method ``distill``) the demonstrations are the labeller's own
     episodes (:func:`teacher_demos`) and it labels the DAgger rounds.
+
+    ``init_policy`` starts training from that policy (its architecture replaces
+    ``cfg.policy``; fine-tuning, and the baselines of ``swan_policy.baselines``) instead of
+    a freshly initialised one; its observation normalisation is recomputed from the demos.
 
     Raises:
         TrainingInterrupted: after Ctrl-C (a checkpoint was written first).
@@ -439,7 +444,7 @@ def train(
             saved = load_tensors(run_dir / "dagger" / f"round_{r}.safetensors")
             data.append(BCData(saved["pixels"], saved["proprio"], saved["actions"]))
     else:
-        policy = SwanPolicy(policy_cfg)
+        policy = init_policy if init_policy is not None else SwanPolicy(policy_cfg)
         std = data.proprio.std(0)
         policy.set_normalization(data.proprio.mean(0), torch.where(std > 1e-6, std, 1.0), low, high)
     policy.to(device).train()
@@ -453,8 +458,10 @@ def train(
     )
     if ctx.world > 1:
         loss_module = nn.parallel.DistributedDataParallel(loss_module)
-    optimizer = torch.optim.AdamW(
-        policy.parameters(), lr=cfg.bc.lr, weight_decay=cfg.bc.weight_decay
+    optimizer = torch.optim.AdamW(  # frozen parameters (a slimmable's gates) stay out
+        [p for p in policy.parameters() if p.requires_grad],
+        lr=cfg.bc.lr,
+        weight_decay=cfg.bc.weight_decay,
     )
     n_total = total_steps(cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, n_total))

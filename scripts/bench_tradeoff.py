@@ -1,0 +1,436 @@
+"""SWAN against static baselines at equal compute: success rate vs MACs per step.
+
+For each seed, on one task (and visual variation), with the same demos, the same
+training pipeline and steps (samples seen), and the same evaluation episodes:
+
+* ``swan``: the gated policy of the task's config (sandwich rule). Rows: ``dynamic``
+  (free gates capped at budget b, input-dependent), ``ladder`` (level b's compact dense
+  model, units ranked on calibration rollouts; DESIGN.md §4) and ``adaptive`` (the
+  token-bucket scheduler at ``--adaptive`` mean budget).
+* ``dense``: the same architecture without gates (no sandwich): full width.
+* ``scratch``: dense policies trained from scratch with the per-layer widths of each
+  SWAN ladder level (so the same MACs).
+* ``pruned``: the dense policy, L1-norm structured pruning to the same widths, then
+  fine-tuned by BC for ``--finetune-frac`` of the training steps (extra samples,
+  reported). ``pruned-noft`` is the pruned model before fine-tuning.
+* ``slimmable``: one model, width prefixes, sandwich rule, gates that ignore the input
+  (``swan_policy.baselines.make_slimmable``), evaluated at each level's prefix widths.
+
+Writes ``<docs>/tradeoff_<task>[_<variation>].{json,md,png}`` (mean ± std over seeds) and
+checks the issue's targets. Runs go to ``<out>/<task>/seed<k>/<arm>``; finished arms are
+reused (``--fresh`` retrains). ``--reuse-swan`` takes a finished ``swan train`` run of the
+same config per seed (``{seed}`` in the path) instead of training the SWAN arm again.
+
+    python scripts/bench_tradeoff.py --task swan_envs/Reach-v0 --seeds 0 1 2 --episodes 50 \\
+        --reuse-swan 'runs/bench_imitation/reach_bc-seed{seed}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from swan_policy.baselines import dense_config, l1_prune, make_slimmable
+from swan_policy.budget.ladder import Ladder, calibrate_ladder, level_policy
+from swan_policy.config import ExperimentConfig, load_config
+from swan_policy.envs import make_env, resolve_policy_config
+from swan_policy.evaluate import BudgetResult, evaluate_policy
+from swan_policy.export.pipeline import calibration_rollouts
+from swan_policy.policy import SwanPolicy
+from swan_policy.train.checkpoint import latest_checkpoint
+from swan_policy.train.imitation import total_steps, train
+
+REPO = Path(__file__).resolve().parents[1]
+TASK_CONFIGS = {
+    "swan_envs/Reach-v0": "configs/reach_bc.yaml",
+    "swan_envs/Push-v0": "configs/push_bc.yaml",
+    "swan_envs/PickPlace-v0": "configs/pickplace_bc.yaml",
+}
+ARMS = ("swan", "dense", "scratch", "pruned", "slimmable")
+DONE = "bench_done.json"
+
+
+def mean_std(xs: Sequence[float]) -> tuple[float, float]:
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def task_slug(task: str, variation: str) -> str:
+    name = task.split("/")[-1].split("-")[0].lower()
+    return name if variation == "none" else f"{name}_{variation}"
+
+
+def config_for(args: argparse.Namespace, seed: int, *extra: str) -> ExperimentConfig:
+    """The task's config for ``seed``, with the bench's, the user's and ``extra`` overrides."""
+    overrides = [f"env.id={args.task}", f"seed={seed}", "eval.at_end=false", "eval.every=0"]
+    if args.variation != "none":
+        slug = task_slug(args.task, args.variation)
+        overrides += [
+            f"env.kwargs.variation={args.variation}",
+            f"demos.path=data/{slug}_demos.hdf5",
+        ]
+    return load_config(
+        args.config or REPO / TASK_CONFIGS[args.task], [*overrides, *args.overrides, *extra]
+    )
+
+
+def trained(
+    run: Path,
+    cfg: ExperimentConfig,
+    init: SwanPolicy | None,
+    fresh: bool,
+    console: Console,
+    quiet: bool,
+) -> tuple[SwanPolicy, dict[str, Any]]:
+    """Train ``cfg`` into ``run`` (unless a finished run is there); the final policy."""
+    done = run / DONE
+    if fresh or not done.exists():
+        if run.exists():
+            shutil.rmtree(run)
+        t0 = time.perf_counter()
+        console.print(f"[bold]train[/] {run}")
+        train(cfg, run, show=not quiet, init_policy=init)
+        info = {
+            "samples": total_steps(cfg) * cfg.bc.batch_size,
+            "minutes": (time.perf_counter() - t0) / 60,
+        }
+        done.write_text(json.dumps(info))
+    last = latest_checkpoint(run)
+    if last is None:
+        raise SystemExit(f"error: {run} has no checkpoint")
+    return SwanPolicy.from_pretrained(last), json.loads(done.read_text())
+
+
+def evaluate(
+    policy: SwanPolicy,
+    cfg: ExperimentConfig,
+    args: argparse.Namespace,
+    budgets: Sequence[float] = (1.0,),
+    schedulers: Sequence[Any] = (),
+) -> list[BudgetResult]:
+    return evaluate_policy(
+        policy, cfg.env, args.episodes, budgets, args.workers, args.eval_seed, schedulers=schedulers
+    )
+
+
+def ladder_of(policy: SwanPolicy, cfg: ExperimentConfig, args: argparse.Namespace) -> Ladder:
+    obs = calibration_rollouts(policy, cfg, args.calib_episodes, 0, args.workers)
+    return calibrate_ladder(policy, obs, [1.0, *args.levels])
+
+
+def row(arm: str, level: float | None, r: BudgetResult, **extra: Any) -> dict[str, Any]:
+    return {
+        "arm": arm,
+        "level": level,
+        "success": r.success_rate,
+        "return": r.return_mean,
+        "macs": r.macs_per_step,
+        "mean_budget": r.mean_budget,
+        **extra,
+    }
+
+
+def run_seed(seed: int, args: argparse.Namespace, console: Console) -> list[dict[str, Any]]:
+    cfg = config_for(args, seed)
+    root = args.out / task_slug(args.task, args.variation) / f"seed{seed}"
+    rows: list[dict[str, Any]] = []
+    arms = set(args.arms)
+
+    # --- SWAN -----------------------------------------------------------------------------
+    if args.reuse_swan:
+        swan_run = Path(args.reuse_swan.format(seed=seed))
+        last = latest_checkpoint(swan_run)
+        if last is None:
+            raise SystemExit(f"error: --reuse-swan: {swan_run} has no checkpoint")
+        swan = SwanPolicy.from_pretrained(last)
+        swan_info = {"samples": total_steps(cfg) * cfg.bc.batch_size, "reused": str(swan_run)}
+    else:
+        swan, swan_info = trained(root / "swan", cfg, None, args.fresh, console, args.quiet)
+    dense_full = swan.dense_macs()
+    ladder = ladder_of(swan, cfg, args)
+    targets: dict[float, float] = {}
+    levels_rows = []
+    for b in args.levels:
+        level = level_policy(swan, ladder, b, "folded")
+        r = evaluate(level, cfg, args)[0]
+        targets[b] = r.macs_per_step
+        levels_rows.append(row("swan-ladder", b, r, samples=swan_info["samples"]))
+    if "swan" in arms:
+        adaptive = [f"adaptive:{t:g}" for t in args.adaptive]
+        res = evaluate(swan, cfg, args, [1.0, *args.levels], adaptive)
+        for r in res:
+            if r.scheduler is None:
+                rows.append(row("swan-dynamic", r.budget, r, samples=swan_info["samples"]))
+            else:
+                rows.append(
+                    row("swan-adaptive", r.scheduler["target"], r, samples=swan_info["samples"])
+                )
+        rows += levels_rows
+    console.print(f"seed {seed}: SWAN done; ladder level MACs {targets}")
+
+    # --- dense full width, its pruned versions ---------------------------------------------
+    env = make_env(cfg.env)
+    try:
+        resolved = resolve_policy_config(cfg.policy, env)
+    finally:
+        env.close()
+    # the static baselines: no gates, one budget per step
+    plain = ["bc.sandwich=false", "policy.gate.sparsity_weight=0", "policy.gate.enabled=false"]
+    if arms & {"dense", "pruned"}:
+        dcfg = config_for(args, seed, *plain)
+        dense, dinfo = trained(root / "dense", dcfg, None, args.fresh, console, args.quiet)
+        if "dense" in arms:
+            rows.append(row("dense", 1.0, evaluate(dense, dcfg, args)[0], samples=dinfo["samples"]))
+        if "pruned" in arms:
+            for b in args.levels:
+                pruned = l1_prune(dense, ladder.units(b))
+                r = evaluate(pruned, dcfg, args)[0]
+                rows.append(row("pruned-noft", b, r, target_macs=targets[b], samples=0))
+                ft_steps = max(1, round(args.finetune_frac * total_steps(dcfg)))
+                fcfg = config_for(
+                    args,
+                    seed,
+                    *plain,
+                    "method=bc",
+                    f"bc.steps={ft_steps}",
+                    f"bc.warmup_steps={min(dcfg.bc.warmup_steps, ft_steps // 10)}",
+                    f"bc.lr={dcfg.bc.lr * args.finetune_lr_scale}",
+                )
+                tuned, tinfo = trained(
+                    root / f"pruned_{b:g}", fcfg, pruned, args.fresh, console, args.quiet
+                )
+                r = evaluate(tuned, fcfg, args)[0]
+                rows.append(
+                    row(
+                        "pruned",
+                        b,
+                        r,
+                        target_macs=targets[b],
+                        samples=dinfo["samples"] + tinfo["samples"],
+                    )
+                )
+
+    # --- dense from scratch at each level's widths -----------------------------------------
+    if "scratch" in arms:
+        for b in args.levels:
+            small = SwanPolicy(dense_config(resolved, ladder.units(b)))
+            scfg = config_for(args, seed, *plain)
+            policy, sinfo = trained(
+                root / f"scratch_{b:g}", scfg, small, args.fresh, console, args.quiet
+            )
+            r = evaluate(policy, scfg, args)[0]
+            rows.append(row("scratch", b, r, target_macs=targets[b], samples=sinfo["samples"]))
+
+    # --- slimmable: width prefixes, same sandwich ------------------------------------------
+    if "slimmable" in arms:
+        torch.manual_seed(seed)
+        slim_init = make_slimmable(SwanPolicy(resolved))
+        slim, linfo = trained(root / "slimmable", cfg, slim_init, args.fresh, console, args.quiet)
+        prefix = ladder_of(slim, cfg, args)
+        for b in [1.0, *args.levels]:
+            r = evaluate(level_policy(slim, prefix, b, "folded"), cfg, args)[0]
+            rows.append(
+                row(
+                    "slimmable",
+                    b,
+                    r,
+                    target_macs=targets.get(b, dense_full),
+                    samples=linfo["samples"],
+                )
+            )
+    for r in rows:
+        r["dense_macs"] = dense_full
+    return rows
+
+
+def aggregate(per_seed: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Mean ± std over seeds per (arm, level), in first-seed order."""
+    keys = [(r["arm"], r["level"]) for r in per_seed[0]]
+    out = []
+    for arm, level in keys:
+        rs = [r for rows in per_seed for r in rows if (r["arm"], r["level"]) == (arm, level)]
+        succ = mean_std([r["success"] for r in rs])
+        macs = statistics.fmean(r["macs"] for r in rs)
+        dense = statistics.fmean(r["dense_macs"] for r in rs)
+        rec: dict[str, Any] = {
+            "arm": arm,
+            "level": level,
+            "success_mean": succ[0],
+            "success_std": succ[1],
+            "success_per_seed": [r["success"] for r in rs],
+            "return_mean": statistics.fmean(r["return"] for r in rs),
+            "macs": macs,
+            "of_dense": macs / dense,
+            "samples": statistics.fmean(r.get("samples", 0) for r in rs),
+        }
+        if "target_macs" in rs[0]:
+            target = statistics.fmean(r["target_macs"] for r in rs)
+            rec["target_macs"] = target
+            rec["macs_vs_target"] = max(r["macs"] / r["target_macs"] for r in rs)
+        out.append(rec)
+    return out
+
+
+def checks(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The issue's targets, on the aggregated rows."""
+    dense = next((r for r in rows if r["arm"] == "dense"), None)
+    out: dict[str, Any] = {"swan_at_25pct": {"row": None, "met": False}}
+    swan = [r for r in rows if r["arm"].startswith("swan") and r["of_dense"] <= 0.25 + 1e-9]
+    if dense is not None and swan:
+        best = max(swan, key=lambda r: r["success_mean"])
+        gap = best["success_mean"] - dense["success_mean"]
+        out["swan_at_25pct"] = {
+            "row": f"{best['arm']} {best['level']:g}",
+            "of_dense": best["of_dense"],
+            "gap_vs_dense": gap,
+            "met": gap >= -0.03 - 1e-9,
+        }
+    ahead = []
+    for r in rows:
+        if r["arm"] != "swan-ladder":
+            continue
+        for other in ("pruned", "scratch"):
+            o = next((x for x in rows if x["arm"] == other and x["level"] == r["level"]), None)
+            if o is not None:
+                ahead.append(
+                    {
+                        "level": r["level"],
+                        "vs": other,
+                        "swan": r["success_mean"],
+                        "other": o["success_mean"],
+                        "ahead": r["success_mean"] > o["success_mean"],
+                    }
+                )
+    out["ladder_ahead"] = ahead
+    out["ladder_ahead_everywhere"] = bool(ahead) and all(a["ahead"] for a in ahead)
+    return out
+
+
+def markdown(rows: list[dict[str, Any]], title: str) -> str:
+    lines = [
+        f"### {title}",
+        "",
+        "| arm | level | success (mean ± std) | per seed | MMACs/step | of dense | samples seen |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        level = "-" if r["level"] is None else f"{r['level']:g}"
+        per = "/".join(f"{100 * s:.0f}" for s in r["success_per_seed"])
+        lines.append(
+            f"| {r['arm']} | {level} | {r['success_mean']:.1%} ± {r['success_std']:.1%} | "
+            f"{per} | {r['macs'] / 1e6:.3f} | {r['of_dense']:.1%} | {r['samples']:,.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    styles = {
+        "swan-dynamic": "o-",
+        "swan-ladder": "s-",
+        "swan-adaptive": "*",
+        "dense": "D",
+        "scratch": "^--",
+        "pruned": "v--",
+        "pruned-noft": "x:",
+        "slimmable": "P-.",
+    }
+    for arm, style in styles.items():
+        rs = sorted((r for r in rows if r["arm"] == arm), key=lambda r: r["macs"])
+        if not rs:
+            continue
+        ax.errorbar(
+            [100 * r["of_dense"] for r in rs],
+            [100 * r["success_mean"] for r in rs],
+            yerr=[100 * r["success_std"] for r in rs],
+            fmt=style,
+            capsize=3,
+            markersize=8 if arm == "swan-adaptive" else 5,
+            label=arm,
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("MACs per step (% of the dense full-width policy, log scale)")
+    ax.set_ylabel("success rate (%)")
+    ax.set_ylim(-5, 105)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=sorted(TASK_CONFIGS), default="swan_envs/Reach-v0")
+    parser.add_argument("--variation", choices=("none", "hard"), default="none")
+    parser.add_argument("--config", type=Path, help="Default: the task's configs/*_bc.yaml.")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--episodes", type=int, default=50, help="Evaluation episodes per row.")
+    parser.add_argument("--eval-seed", type=int, default=10_000)
+    parser.add_argument("--levels", type=float, nargs="+", default=[0.75, 0.5, 0.25])
+    parser.add_argument("--adaptive", type=float, nargs="*", default=[0.4])
+    parser.add_argument("--calib-episodes", type=int, default=20)
+    parser.add_argument("--finetune-frac", type=float, default=0.25)
+    parser.add_argument("--finetune-lr-scale", type=float, default=0.3)
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--reuse-swan", help="A finished SWAN run per seed, '{seed}' in it.")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench_tradeoff"))
+    parser.add_argument("--docs", type=Path, default=REPO / "docs" / "tradeoff")
+    parser.add_argument("--fresh", action="store_true", help="Retrain finished arms.")
+    parser.add_argument("--quiet", action="store_true", help="No training progress bars.")
+    args = parser.parse_args(argv)
+    if sorted(set(args.levels)) != sorted(args.levels) or not all(0 < b < 1 for b in args.levels):
+        parser.error("--levels: distinct budgets in (0, 1)")
+    console = Console()
+    t0 = time.perf_counter()
+    per_seed = [run_seed(s, args, console) for s in args.seeds]
+    rows = aggregate(per_seed)
+    slug = task_slug(args.task, args.variation)
+    title = (
+        f"{args.task} (variation {args.variation}): {len(args.seeds)} seed(s) x "
+        f"{args.episodes} episodes"
+    )
+    result = {
+        "task": args.task,
+        "variation": args.variation,
+        "seeds": args.seeds,
+        "episodes": args.episodes,
+        "levels": args.levels,
+        "command": "python scripts/bench_tradeoff.py "
+        + " ".join(sys.argv[1:] if argv is None else argv),
+        "minutes": (time.perf_counter() - t0) / 60,
+        "rows": rows,
+        "checks": checks(rows),
+        "per_seed": per_seed,
+    }
+    args.docs.mkdir(parents=True, exist_ok=True)
+    (args.docs / f"tradeoff_{slug}.json").write_text(json.dumps(result, indent=2) + "\n")
+    table = markdown(rows, title)
+    (args.docs / f"tradeoff_{slug}.md").write_text(table)
+    plot(rows, args.docs / f"tradeoff_{slug}.png", title)
+    console.print(table)
+    console.print(json.dumps(result["checks"], indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""scripts/bench_tradeoff.py end to end on a tiny configuration (issue 8)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import imageio.v2 as imageio
+
+REPO = Path(__file__).resolve().parents[1]
+ARMS = {"swan-dynamic", "swan-ladder", "swan-adaptive", "dense", "scratch", "pruned", "pruned-noft"}
+
+
+def test_tradeoff_benchmark_writes_table_json_and_plot(tmp_path: Path) -> None:
+    sets = [
+        "env.kwargs={width: 32, height: 32}",
+        "policy.encoder.channels=[4, 4]",
+        "policy.encoder.strides=[2, 1]",
+        "policy.head.hidden=[16, 16]",
+        "policy.head.proprio_hidden=8",
+        f"demos.path={tmp_path / 'demos.hdf5'}",
+        "demos.episodes=2",
+        "demos.workers=1",
+        "bc.steps=4",
+        "bc.batch_size=8",
+        "bc.warmup_steps=1",
+        "dagger.rounds=0",
+        "log.checkpoint_every=4",
+        "log.tensorboard=false",
+    ]
+    cmd = [
+        sys.executable,
+        str(REPO / "scripts" / "bench_tradeoff.py"),
+        "--seeds",
+        "0",
+        "--episodes",
+        "1",
+        "--calib-episodes",
+        "1",
+        "--levels",
+        "0.5",
+        "--workers",
+        "1",
+        "--quiet",
+        "--out",
+        str(tmp_path / "runs"),
+        "--docs",
+        str(tmp_path / "docs"),
+        *[a for s in sets for a in ("--set", s)],
+    ]
+    env = {**os.environ, "MUJOCO_GL": "egl", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    docs = tmp_path / "docs"
+    result = json.loads((docs / "tradeoff_reach.json").read_text())
+    assert {"task", "variation", "seeds", "episodes", "rows", "checks", "command"} <= set(result)
+    assert result["task"] == "swan_envs/Reach-v0" and result["seeds"] == [0]
+    rows = result["rows"]
+    assert {r["arm"] for r in rows} == ARMS | {"slimmable"}
+    for r in rows:
+        assert 0.0 <= r["success_mean"] <= 1.0 and r["macs"] > 0
+        assert len(r["success_per_seed"]) == 1
+        if "target_macs" in r:  # the baselines' MACs match their level within 5%
+            assert abs(r["macs"] / r["target_macs"] - 1.0) <= 0.05, r
+    dense = next(r for r in rows if r["arm"] == "dense")
+    assert dense["of_dense"] == 1.0
+    level = next(r for r in rows if r["arm"] == "swan-ladder")
+    assert level["level"] == 0.5 and level["of_dense"] < 1.0
+    assert {"swan_at_25pct", "ladder_ahead", "ladder_ahead_everywhere"} <= set(result["checks"])
+    table = (docs / "tradeoff_reach.md").read_text()
+    assert table.count("\n| ") == len(rows) + 1  # header + one line per row
+    png = imageio.imread(docs / "tradeoff_reach.png")
+    assert png.ndim == 3 and png.shape[0] > 100 and png.shape[1] > 100
