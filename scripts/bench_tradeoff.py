@@ -15,10 +15,13 @@ training pipeline and steps (samples seen), and the same evaluation episodes:
   reported). ``pruned-noft`` is the pruned model before fine-tuning.
 * ``slimmable``: one model, width prefixes, sandwich rule, gates that ignore the input
   (``swan_policy.baselines.make_slimmable``), evaluated at each level's prefix widths.
+* ``ladder-ft``: SWAN's ladder levels fine-tuned exactly like ``pruned`` (row
+  ``swan-ladder-ft``): SWAN's unit ranking and weights as the starting point instead of L1.
 
 Writes ``<docs>/tradeoff_<task>[_<variation>].{json,md,png}`` (mean ± std over seeds) and
 checks the issue's targets. Runs go to ``<out>/<task>/seed<k>/<arm>``; finished arms are
-reused (``--fresh`` retrains). ``--reuse-swan`` takes a finished ``swan train`` run of the
+reused (``--fresh`` retrains); ``--arms ... --merge`` re-runs only those arms and keeps
+the other rows of the earlier JSON. ``--reuse-swan`` takes a finished ``swan train`` run of the
 same config per seed (``{seed}`` in the path) instead of training the SWAN arm again.
 
     python scripts/bench_tradeoff.py --task swan_envs/Reach-v0 --seeds 0 1 2 --episodes 50 \\
