@@ -204,6 +204,15 @@ def run_seed(seed: int, args: argparse.Namespace, console: Console) -> list[dict
         env.close()
     # the static baselines: no gates, one budget per step
     plain = ["bc.sandwich=false", "policy.gate.sparsity_weight=0", "policy.gate.enabled=false"]
+    fcfg = finetune_config(args, seed, plain)
+
+    def finetuned(arm: str, b: float, init: SwanPolicy, run: str, samples_before: int) -> None:
+        """Fine-tune a cut-down model (``fcfg``) and add its row."""
+        tuned, tinfo = trained(root / run, fcfg, init, args.fresh, console, args.quiet)
+        r = evaluate(tuned, fcfg, args)[0]
+        samples = samples_before + tinfo["samples"]
+        rows.append(row(arm, b, r, target_macs=targets[b], samples=samples))
+
     if arms & {"dense", "pruned"}:
         dcfg = config_for(args, seed, *plain)
         dense, dinfo = trained(root / "dense", dcfg, None, args.fresh, console, args.quiet)
@@ -214,39 +223,13 @@ def run_seed(seed: int, args: argparse.Namespace, console: Console) -> list[dict
                 pruned = l1_prune(dense, ladder.units(b))
                 r = evaluate(pruned, dcfg, args)[0]
                 rows.append(row("pruned-noft", b, r, target_macs=targets[b], samples=0))
-                fcfg = finetune_config(args, seed, plain)
-                tuned, tinfo = trained(
-                    root / f"pruned_{b:g}", fcfg, pruned, args.fresh, console, args.quiet
-                )
-                r = evaluate(tuned, fcfg, args)[0]
-                rows.append(
-                    row(
-                        "pruned",
-                        b,
-                        r,
-                        target_macs=targets[b],
-                        samples=dinfo["samples"] + tinfo["samples"],
-                    )
-                )
+                finetuned("pruned", b, pruned, f"pruned_{b:g}", dinfo["samples"])
 
     # --- SWAN's ladder levels, fine-tuned like the pruned models ---------------------------
     if "ladder-ft" in arms:
-        fcfg = finetune_config(args, seed, plain)
         for b in args.levels:
             level = level_policy(swan, ladder, b, "folded")
-            tuned, tinfo = trained(
-                root / f"ladder_ft_{b:g}", fcfg, level, args.fresh, console, args.quiet
-            )
-            r = evaluate(tuned, fcfg, args)[0]
-            rows.append(
-                row(
-                    "swan-ladder-ft",
-                    b,
-                    r,
-                    target_macs=targets[b],
-                    samples=swan_info["samples"] + tinfo["samples"],
-                )
-            )
+            finetuned("swan-ladder-ft", b, level, f"ladder_ft_{b:g}", swan_info["samples"])
 
     # --- dense from scratch at each level's widths -----------------------------------------
     if "scratch" in arms:

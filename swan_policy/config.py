@@ -152,6 +152,9 @@ class BCConfig(StrictModel):
     distill_weight: float = Field(
         0.5, ge=0, le=1, description="Weight of distillation from b=1 for lower budgets."
     )
+    low_weight: float = Field(
+        1.0, ge=0, description="Weight of each lower-budget pass in the sandwich loss."
+    )
 
     @model_validator(mode="after")
     def _check_levels(self) -> BCConfig:

@@ -105,17 +105,30 @@ def load_bc_data(path: Path) -> BCData:
 class SandwichLoss(nn.Module):
     """The whole sandwich loss as one module, so DDP sees one forward per backward."""
 
-    def __init__(self, policy: SwanPolicy, sparsity_weight: float, distill_weight: float) -> None:
+    def __init__(
+        self,
+        policy: SwanPolicy,
+        sparsity_weight: float,
+        distill_weight: float,
+        low_weight: float = 1.0,
+    ) -> None:
         super().__init__()
         self.policy = policy
         self.sparsity_weight = sparsity_weight
         self.distill_weight = distill_weight
+        self.low_weight = low_weight
 
     def forward(
         self, obs: dict[str, Tensor], actions: Tensor, budgets: list[float]
     ) -> tuple[Tensor, dict[str, Any]]:
         return bc_sandwich_loss(
-            self.policy, obs, actions, budgets, self.sparsity_weight, self.distill_weight
+            self.policy,
+            obs,
+            actions,
+            budgets,
+            self.sparsity_weight,
+            self.distill_weight,
+            self.low_weight,
         )
 
 
@@ -454,7 +467,7 @@ def train(
             dump_config(cfg.model_copy(update={"policy": policy.config}))
         )
     loss_module: nn.Module = SandwichLoss(
-        policy, policy.config.gate.sparsity_weight, cfg.bc.distill_weight
+        policy, policy.config.gate.sparsity_weight, cfg.bc.distill_weight, cfg.bc.low_weight
     )
     if ctx.world > 1:
         loss_module = nn.parallel.DistributedDataParallel(loss_module)

@@ -50,6 +50,7 @@ def bc_sandwich_loss(
     budgets: Sequence[float],
     sparsity_weight: float,
     distill_weight: float,
+    low_weight: float = 1.0,
 ) -> tuple[Tensor, dict[str, Any]]:
     """One BC step's loss over the sandwich budgets.
 
@@ -59,6 +60,7 @@ def bc_sandwich_loss(
         budgets: first entry must be 1.0 (the teacher for distillation).
         sparsity_weight: weight of the gates' regulariser (full-budget pass).
         distill_weight: ``alpha`` in ``(1 - alpha) * BC + alpha * distill`` for b < 1.
+        low_weight: weight of each lower-budget pass (1: plain sum over the sandwich).
 
     Returns:
         ``(loss, info)``; info has ``bc_loss`` (b = 1), ``sparsity``, ``active_fraction``
@@ -82,7 +84,7 @@ def bc_sandwich_loss(
         low = low + distill_weight * F.mse_loss(pred, teacher)
         low_losses.append(low)
     if low_losses:
-        loss = loss + torch.stack(low_losses).sum()
+        loss = loss + low_weight * torch.stack(low_losses).sum()
         info["bc_loss@min"] = float(low_losses[0].detach())
     info["loss"] = float(loss.detach())
     return loss, info

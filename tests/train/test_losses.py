@@ -29,3 +29,16 @@ def test_sandwich_loss_trains_all_budgets() -> None:
     assert all(p.grad is not None for p in policy.head.out.parameters())
     first = policy.encoder.convs[0]
     assert first.gate_fc is not None and first.gate_fc.weight.grad is not None
+
+
+def test_low_weight_scales_only_the_lower_budget_passes() -> None:
+    torch.manual_seed(0)
+    policy = SwanPolicy(tiny_config()).eval()  # eval: same gates on every call
+    obs = random_obs(policy.config, 8)
+    acts = torch.rand(8, 2)
+    args = (policy, obs, acts, [1.0, 0.25, 0.5], 0.1, 0.5)
+    full, _ = bc_sandwich_loss(*args)
+    half, _ = bc_sandwich_loss(*args, low_weight=0.5)
+    top, _ = bc_sandwich_loss(*args, low_weight=0.0)  # the b = 1 pass alone
+    torch.testing.assert_close(half - top, 0.5 * (full - top))
+    assert float(full - top) > 0
