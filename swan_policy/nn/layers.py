@@ -17,6 +17,7 @@ All three agree on outputs (up to float summation order); tests assert atol 1e-5
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,6 +61,62 @@ def _np(t: Tensor) -> np.ndarray:
 def _union_active(gates: Tensor) -> Tensor:
     """Indices of units active in at least one sample of the batch."""
     return gates.any(0).nonzero().squeeze(1)
+
+
+class _GatedReLU(torch.autograd.Function):
+    """``out = relu(z) * g[:, :, None, None]`` with a fused backward (training only).
+
+    Autograd's unfused version pays four extra passes over the feature map per layer
+    (the mask multiply, its two gradients and their reduction); this one pays one extra
+    pass forward and one backward, which is what keeps the gates' training cost small:
+
+    * ``dz = dout * 1[out > 0]`` -- one ``threshold_backward``, because ``out > 0`` exactly
+      where ``z > 0`` and ``g = 1`` (gates are exactly 0/1);
+    * ``dg = sum_hw dout * relu(z)`` -- one batched dot product (``vecdot``).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, z: Tensor, g: Tensor) -> Tensor:
+        y = torch.relu(z)
+        out = y * g[:, :, None, None]
+        ctx.save_for_backward(y, out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        y, out = ctx.saved_tensors
+        grad_z = grad_g = None
+        if ctx.needs_input_grad[0]:
+            grad_z = torch.ops.aten.threshold_backward(grad_out, out, 0.0)
+        if ctx.needs_input_grad[1]:
+            grad_g = torch.linalg.vecdot(grad_out.flatten(2), y.flatten(2))
+        return grad_z, grad_g
+
+
+class _SpatialMean(torch.autograd.Function):
+    """``x.mean((2, 3))`` whose gradient stays a broadcast view (no full-size division).
+
+    The gate network pools the conv's input; autograd's mean backward writes a full
+    ``[B, C, H, W]`` tensor of ``grad / HW`` that is then added to the conv's input
+    gradient. An expanded view costs no pass of its own.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        ctx.shape = x.shape
+        return x.mean(dim=(2, 3))
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        b, c, h, w = ctx.shape
+        return (grad / (h * w))[:, :, None, None].expand(b, c, h, w)
+
+
+def _spatial_mean(x: Tensor) -> Tensor:
+    if torch.is_grad_enabled() and x.requires_grad:
+        out: Tensor = _SpatialMean.apply(x)
+        return out
+    return x.mean(dim=(2, 3))  # inference and ONNX export: the plain op
 
 
 @dataclass(frozen=True)
@@ -129,15 +186,18 @@ class GatedConv2d(nn.Module):
     def gate_logits(self, x: Tensor, in_idx: Tensor | None = None) -> Tensor:
         assert self.gate_fc is not None
         weight = _select(self.gate_fc.weight, 1, in_idx)
-        return F.linear(x.mean(dim=(2, 3)), weight, self.gate_fc.bias)
+        return F.linear(_spatial_mean(x), weight, self.gate_fc.bias)
 
     def forward(self, x: Tensor, budget: float = 1.0) -> tuple[Tensor, Tensor | None]:
         """Masked mode: returns ``(y [B, N, H, W], gates [B, N] or None if ungated)``."""
-        y = F.relu(self.conv(x))
+        z = self.conv(x)
         if self.gate is None:
-            return y, None
+            return F.relu(z), None
         g = self.gate(self.gate_logits(x), budget)
-        return y * g[:, :, None, None], g
+        if torch.is_grad_enabled() and (z.requires_grad or g.requires_grad):
+            y: Tensor = _GatedReLU.apply(z, g)
+            return y, g
+        return F.relu(z).mul_(g[:, :, None, None]), g  # no autograd: in place, no copy
 
     def forward_sparse(self, a: Active, budget: float = 1.0) -> Active:
         """Sparse mode (inference): only active output channels, fed by active inputs.

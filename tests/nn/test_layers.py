@@ -95,3 +95,31 @@ def test_bad_geometry_is_refused() -> None:
         GatedConv2d(3, 4, 5, 1, in_hw=(3, 3))
     with pytest.raises(ValueError, match="gate rank"):
         GatedLinear(4, 4, rank=0)
+
+
+@pytest.mark.parametrize("budget", [1.0, 0.5])
+def test_fused_conv_gate_backward_matches_autograd_composition(budget: float) -> None:
+    """The fused gate + ReLU (and pooled gate input) give autograd's exact gradients."""
+    layer = _conv(3).double()
+    x = torch.randn(6, 4, 10, 10, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 12, 8, 8, dtype=torch.float64)  # a loss that weights every output
+
+    y, _ = layer(x, budget)
+    (y * w).sum().backward()
+    fused = [t.grad.clone() for t in (x, *layer.parameters()) if t.grad is not None]
+
+    layer.zero_grad()
+    x2 = x.detach().clone().requires_grad_(True)
+    assert layer.gate is not None and layer.gate_fc is not None
+    logits = torch.nn.functional.linear(
+        x2.mean(dim=(2, 3)), layer.gate_fc.weight, layer.gate_fc.bias
+    )
+    g = layer.gate(logits, budget)
+    ref_y = torch.relu(layer.conv(x2)) * g[:, :, None, None]
+    torch.testing.assert_close(y, ref_y, rtol=0, atol=0)
+    (ref_y * w).sum().backward()
+    ref = [t.grad for t in (x2, *layer.parameters()) if t.grad is not None]
+    assert len(fused) == len(ref) == 5  # input, conv weight/bias, gate weight/bias
+    for a, b in zip(fused, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert x.grad is not None and layer.gate_fc.weight.grad.abs().sum() > 0
