@@ -137,6 +137,9 @@ class PickPlaceExpert(Expert):
     Phases: "reach" (over the cube and down to it, gripper open), "grasp" (close and wait for
     the fingers to settle), "carry" (lift and move over the target) and "place" (lower, open,
     back off). If the cube slips out while carried, the expert goes back to "reach".
+
+    It also labels states off its own path (DAgger): it opens the fingers before it
+    descends to the cube, and a cube already between closed fingers is grasped and carried.
     """
 
     phases = ("reach", "grasp", "carry", "place")
@@ -160,8 +163,13 @@ class PickPlaceExpert(Expert):
         grip = -1.0
         if self.phase == "reach":
             xy_err = float(np.linalg.norm(cube[:2] - tcp[:2]))
-            goal = np.array([*cube[:2], cube[2] + (self.hover if xy_err > 0.01 else 0.0)])
-            if np.linalg.norm(goal - tcp) < 0.006 and xy_err <= 0.01:
+            # Descend only with open fingers: closed ones land on the cube's top and jam.
+            opened = bool(np.all(env.fingers < 0.01))
+            low = xy_err <= 0.01 and opened
+            goal = np.array([*cube[:2], cube[2] + (0.0 if low else self.hover)])
+            if held or (low and np.linalg.norm(goal - tcp) < 0.006):
+                # Also when the cube is already between closed fingers (a learner that
+                # grasped it without this expert's help, DAgger): finish the grasp.
                 self.phase, self._grasp_steps = "grasp", 0
         if self.phase == "grasp":
             goal, grip = cube.copy(), 1.0

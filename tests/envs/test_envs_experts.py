@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 import pytest
 
@@ -63,3 +64,60 @@ def test_push_expert_phases() -> None:
 def test_make_expert_refuses_unknown_envs() -> None:
     with pytest.raises(ValueError, match="no scripted expert for CartPoleEnv"):
         make_expert(gym.make("CartPole-v1"))
+
+
+def test_pick_place_fingers_closed_on_nothing_open_again() -> None:
+    """Closed past each other (a shove can do it), the fingers must not jam shut."""
+    env = gym.make("swan_envs/PickPlace-v0", width=32, height=32)
+    env.reset(seed=0)
+    base = env.unwrapped
+    base.data.qpos[10:12] = 0.045  # type: ignore[attr-defined]  # MujocoEnv's data: crossed fingers
+    mujoco.mj_forward(base.model, base.data)  # type: ignore[attr-defined]  # as above
+    open_cmd = np.array([0.0, 0.0, 0.0, -1.0], dtype=np.float32)
+    for _ in range(10):
+        env.step(open_cmd)
+    assert np.all(base.fingers < 0.005)  # type: ignore[attr-defined]  # PickPlaceEnv
+    env.close()
+
+
+def test_pick_place_expert_opens_before_it_descends() -> None:
+    """DAgger labels states a learner reached: over the cube with the fingers closed on
+    nothing, the label is "open and stay up", not "descend" (closed fingers land on the
+    cube's top and jam)."""
+    env = gym.make("swan_envs/PickPlace-v0", width=32, height=32)
+    expert = make_expert(env)
+    obs, _ = env.reset(seed=0)
+    base = env.unwrapped
+    close_cmd = np.array([0.0, 0.0, 0.0, 1.0], dtype=np.float32)
+    for _ in range(40):  # the expert's path to the hover point, fingers closed on the way
+        action = expert(obs)
+        obs, *_ = env.step(np.array([*action[:3], 1.0], dtype=np.float32))
+    for _ in range(5):
+        obs, *_ = env.step(close_cmd)
+    assert np.all(base.fingers > 0.02)  # type: ignore[attr-defined]  # PickPlaceEnv
+    xy_err = np.linalg.norm(base.cube_pos[:2] - base.tcp[:2])  # type: ignore[attr-defined]
+    assert xy_err <= 0.01  # right over the cube: the old expert would descend here
+    action = expert(obs)
+    assert expert.phase == "reach" and action[3] == -1.0 and action[2] > -0.01
+    env.close()
+
+
+def test_pick_place_expert_recovers_from_random_actions() -> None:
+    """With 20% of its actions replaced by random ones the expert still mostly succeeds:
+    the states DAgger asks it to label are off its own path."""
+    env = gym.make("swan_envs/PickPlace-v0", width=32, height=32)
+    expert = make_expert(env)
+    rng = np.random.default_rng(0)
+    successes = 0
+    for seed in range(12):
+        obs, info = env.reset(seed=seed)
+        done = False
+        while not done:
+            action = expert(obs)
+            if rng.random() < 0.2:
+                action = rng.uniform(-1, 1, size=4).astype(np.float32)
+            obs, _, terminated, truncated, info = env.step(action)
+            done = terminated or truncated
+        successes += bool(info["is_success"])
+    assert successes >= 7, f"{successes}/12"
+    env.close()
