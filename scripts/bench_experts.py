@@ -2,6 +2,7 @@
 
 Usage:
     python scripts/bench_experts.py --episodes 100 --out runs/bench_experts.json
+    python scripts/bench_experts.py --episodes 50 --random-actions 0.2 --envs swan_envs/PickPlace-v0
 
 Episode ``i`` of every row uses ``reset(seed=seed + i)``. Success is ``info["is_success"]`` on
 the episode's last step. "env steps/s" times ``env.step`` alone (physics + 64x64 render, one
@@ -32,14 +33,25 @@ PIXEL_IDS = ("swan_envs/PixelInvertedPendulum-v0", "swan_envs/PixelReacher-v0")
 
 
 def bench(
-    env_id: str, variation: str | None, episodes: int, seed: int, size: int
+    env_id: str,
+    variation: str | None,
+    episodes: int,
+    seed: int,
+    size: int,
+    random_actions: float = 0.0,
 ) -> dict[str, Any]:
-    """Run ``episodes`` expert episodes of ``env_id`` and return the measurements."""
+    """Run ``episodes`` expert episodes of ``env_id`` and return the measurements.
+
+    ``random_actions``: probability that a step's action is replaced by a uniform random
+    one -- how well the expert recovers from states off its own path (what DAgger asks it
+    to label).
+    """
     kwargs: dict[str, Any] = {"width": size, "height": size}
     if variation is not None:
         kwargs["variation"] = variation
     env = gym.make(env_id, **kwargs)
     expert = make_expert(env)
+    rng = np.random.default_rng(seed)
     successes, returns, lengths = [], [], []
     step_seconds, steps = 0.0, 0
     start = time.perf_counter()
@@ -48,6 +60,8 @@ def bench(
         done, total, length = False, 0.0, 0
         while not done:
             action = expert(obs)
+            if random_actions and rng.random() < random_actions:
+                action = env.action_space.sample().astype(np.float32)
             t0 = time.perf_counter()
             obs, reward, terminated, truncated, info = env.step(action)
             step_seconds += time.perf_counter() - t0
@@ -63,6 +77,7 @@ def bench(
         "env_id": env_id,
         "variation": variation or "-",
         "episodes": episodes,
+        "random_actions": random_actions,
         "success_rate": float(np.mean(successes)),
         "failed_seeds": [seed + i for i, ok in enumerate(successes) if not ok],
         "mean_return": float(np.mean(returns)),
@@ -80,15 +95,26 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="image width = height")
     parser.add_argument("--envs", nargs="*", default=list(swan_envs.ENV_IDS))
     parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
+    parser.add_argument(
+        "--random-actions",
+        type=float,
+        default=0.0,
+        help="replace each action by a random one with this probability (recovery test)",
+    )
     args = parser.parse_args()
 
     rows = []
     for env_id in args.envs:
         variations: list[str | None] = [None] if env_id in PIXEL_IDS else ["none", "hard"]
         for variation in variations:
-            rows.append(bench(env_id, variation, args.episodes, args.seed, args.size))
+            rows.append(
+                bench(env_id, variation, args.episodes, args.seed, args.size, args.random_actions)
+            )
 
-    table = Table(title=f"Scripted experts, {args.episodes} episodes, {args.size}x{args.size} px")
+    noise = f", {args.random_actions:.0%} random actions" if args.random_actions else ""
+    table = Table(
+        title=f"Scripted experts, {args.episodes} episodes, {args.size}x{args.size} px{noise}"
+    )
     for column in (
         "env",
         "variation",
@@ -119,6 +145,7 @@ def main() -> None:
             "episodes": args.episodes,
             "seed": args.seed,
             "size": args.size,
+            "random_actions": args.random_actions,
             "machine": platform.platform(),
             "processor": platform.processor(),
         }

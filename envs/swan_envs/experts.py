@@ -167,7 +167,7 @@ class PickPlaceExpert(Expert):
             opened = bool(np.all(env.fingers < 0.01))
             low = xy_err <= 0.01 and opened
             goal = np.array([*cube[:2], cube[2] + (0.0 if low else self.hover)])
-            if held or (low and np.linalg.norm(goal - tcp) < 0.006):
+            if held or (low and abs(goal[2] - tcp[2]) < 0.01):
                 # Also when the cube is already between closed fingers (a learner that
                 # grasped it without this expert's help, DAgger): finish the grasp.
                 self.phase, self._grasp_steps = "grasp", 0
