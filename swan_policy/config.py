@@ -171,7 +171,19 @@ class DaggerConfig(StrictModel):
     steps_per_round: int = Field(2000, ge=1, description="Gradient steps after each round.")
     beta0: float = Field(0.5, ge=0, le=1, description="P(execute expert action) in round 1.")
     beta_decay: float = Field(0.5, ge=0, le=1, description="beta_r = beta0 * decay^(r-1).")
-    budget: float = Field(1.0, gt=0, le=1, description="Budget of the rollout policy.")
+    budget: float | list[float] = Field(
+        1.0,
+        description="Budget of the rollout policy; a list splits each round's episodes "
+        "evenly across its budgets (on-policy states for the low budgets too).",
+    )
+
+    @field_validator("budget")
+    @classmethod
+    def _check_budget(cls, budget: float | list[float]) -> float | list[float]:
+        values = budget if isinstance(budget, list) else [budget]
+        if not values or any(not 0 < b <= 1 for b in values):
+            raise ValueError(f"budgets must be in (0, 1], got {budget!r}")
+        return budget
 
 
 class EvalConfig(StrictModel):

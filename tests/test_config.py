@@ -52,6 +52,8 @@ BASE = "policy: {proprio_dim: 3, action_dim: 2}\n"
             r"^policy\.gate\.sparsity: Input should be 'l1' or 'target'",
         ),
         (BASE, ["policy.gate"], r"expected key=value"),
+        (BASE, ["dagger.budget=[1.0, 0]"], r"^dagger\.budget: .*budgets must be in \(0, 1\]"),
+        (BASE, ["dagger.budget=1.5"], r"^dagger\.budget: .*budgets must be in \(0, 1\]"),
         (BASE, ["seed=[unclosed"], r"^override seed: cannot parse value"),
         ("policy: {action_dim: 0}\n", [], r"^policy\.action_dim: Input should be greater than"),
         ("- a\n- b\n", [], r"expected a mapping"),

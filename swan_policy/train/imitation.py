@@ -42,6 +42,7 @@ from swan_policy.envs import make_env, resolve_policy_config
 from swan_policy.evaluate import (
     EXPERT_ACTION,
     BudgetResult,
+    Episode,
     evaluate_policy,
     make_vec_env,
     run_episodes,
@@ -254,17 +255,23 @@ def dagger_round(
     policy.eval()
     try:
         seed = cfg.seed * 1_000_003 + 100_000 * round_index  # disjoint from eval seeds
-        eps = run_episodes(
-            policy,
-            vec,
-            n_eps,
-            seed,
-            dc.budget,
-            collect=True,
-            beta=beta,
-            rng=np.random.default_rng(seed),
-            on_episode=progress,
-        )
+        rng = np.random.default_rng(seed)
+        budgets = dc.budget if isinstance(dc.budget, list) else [dc.budget]
+        eps: list[Episode] = []
+        for i, budget in enumerate(budgets):  # the episodes split evenly across budgets
+            count = n_eps // len(budgets) + (i < n_eps % len(budgets))
+            if count:
+                eps += run_episodes(
+                    policy,
+                    vec,
+                    count,
+                    seed + len(eps),
+                    budget,
+                    collect=True,
+                    beta=beta,
+                    rng=rng,
+                    on_episode=progress,
+                )
     finally:
         vec.close()
         policy.train()

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -281,3 +282,30 @@ def test_eval_on_env_with_other_spaces_fails_before_first_step(tmp_path: Path) -
     env2 = EnvConfig(id="swan_envs/Push-v0", kwargs={"width": 32, "height": 32})
     with pytest.raises(SpaceMismatchError, match=r"'proprio': policy expects \(6,\)"):
         evaluate_policy(policy, env2, 1, [1.0])
+
+
+def test_dagger_round_splits_episodes_across_rollout_budgets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``dagger.budget: [1.0, 0.25]``: each round's episodes are played at both budgets."""
+    from swan_policy.config import load_config
+    from tests.conftest import tiny_config
+
+    sets = tiny(tmp_path, "dagger.budget=[1.0, 0.25]", "dagger.episodes_per_round=3")
+    cfg = load_config(CONFIG, [v for i, v in enumerate(sets) if i % 2])
+    policy = SwanPolicy(tiny_config(image_hw=(32, 32), proprio_dim=6))
+    calls: list[tuple[int, int, float]] = []
+    real = imitation.run_episodes
+
+    def spy(
+        policy: SwanPolicy, vec: Any, episodes: int, seed: int, budget: float, **kw: Any
+    ) -> Any:
+        calls.append((episodes, seed, budget))
+        return real(policy, vec, episodes, seed, budget, **kw)
+
+    monkeypatch.setattr(imitation, "run_episodes", spy)
+    data, _ = imitation.dagger_round(policy, cfg, 1)
+    (n0, seed0, b0), (n1, seed1, b1) = calls
+    assert (n0, b0, n1, b1) == (2, 1.0, 1, 0.25)
+    assert seed1 == seed0 + 2  # disjoint episodes
+    assert len(data.actions) > 0
