@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import mujoco
@@ -11,6 +11,7 @@ import pytest
 
 import swan_envs
 from swan_envs.experts import Expert, make_expert
+from swan_envs.pick_place import PickPlaceEnv
 
 
 def _run(env: gym.Env[Any, Any], expert: Expert, seed: int) -> tuple[bool, list[str]]:
@@ -70,13 +71,13 @@ def test_pick_place_fingers_closed_on_nothing_open_again() -> None:
     """Closed past each other (a shove can do it), the fingers must not jam shut."""
     env = gym.make("swan_envs/PickPlace-v0", width=32, height=32)
     env.reset(seed=0)
-    base = env.unwrapped
-    base.data.qpos[10:12] = 0.045  # type: ignore[attr-defined]  # MujocoEnv's data: crossed fingers
-    mujoco.mj_forward(base.model, base.data)  # type: ignore[attr-defined]  # as above
+    base = cast(PickPlaceEnv, env.unwrapped)
+    base.data.qpos[10:12] = 0.045
+    mujoco.mj_forward(base.model, base.data)
     open_cmd = np.array([0.0, 0.0, 0.0, -1.0], dtype=np.float32)
     for _ in range(10):
         env.step(open_cmd)
-    assert np.all(base.fingers < 0.005)  # type: ignore[attr-defined]  # PickPlaceEnv
+    assert np.all(base.fingers < 0.005)
     env.close()
 
 
@@ -87,15 +88,15 @@ def test_pick_place_expert_opens_before_it_descends() -> None:
     env = gym.make("swan_envs/PickPlace-v0", width=32, height=32)
     expert = make_expert(env)
     obs, _ = env.reset(seed=0)
-    base = env.unwrapped
+    base = cast(PickPlaceEnv, env.unwrapped)
     close_cmd = np.array([0.0, 0.0, 0.0, 1.0], dtype=np.float32)
     for _ in range(40):  # the expert's path to the hover point, fingers closed on the way
         action = expert(obs)
         obs, *_ = env.step(np.array([*action[:3], 1.0], dtype=np.float32))
     for _ in range(5):
         obs, *_ = env.step(close_cmd)
-    assert np.all(base.fingers > 0.02)  # type: ignore[attr-defined]  # PickPlaceEnv
-    xy_err = np.linalg.norm(base.cube_pos[:2] - base.tcp[:2])  # type: ignore[attr-defined]
+    assert np.all(base.fingers > 0.02)
+    xy_err = np.linalg.norm(base.cube_pos[:2] - base.tcp[:2])
     assert xy_err <= 0.01  # right over the cube: the old expert would descend here
     action = expert(obs)
     assert expert.phase == "reach" and action[3] == -1.0 and action[2] > -0.01
