@@ -94,6 +94,8 @@ class PushExpert(Expert):
 
     Phases: "approach" (move to the pre-push point, around the puck if needed) and "push"
     (drive along the puck-goal line, steering so the contact normal points at the goal).
+    The phase follows from the state alone: "push" while the pusher is in the corridor
+    right behind the puck.
     """
 
     phases = ("approach", "push")
@@ -110,10 +112,10 @@ class PushExpert(Expert):
         along, lateral = float(rel @ u), float(rel @ perp)
         behind = puck - u * (self.contact + 0.015)
 
-        if self.phase == "push" and (along > -0.03 or abs(lateral) > 0.03):
-            self.phase = "approach"
-        if self.phase == "approach" and np.linalg.norm(pusher - behind) < 0.012:
-            self.phase = "push"
+        # The phase is a function of the state alone (no hysteresis), so that DAgger's
+        # labels for a state do not depend on how the learner got there.
+        in_corridor = -(self.contact + 0.025) < along < -0.03 and abs(lateral) < 0.015
+        self.phase = "push" if in_corridor else "approach"
 
         if self.phase == "push":
             speed = min(0.25, 2.0 * dist + 0.05)

@@ -122,3 +122,20 @@ def test_pick_place_expert_recovers_from_random_actions() -> None:
         successes += bool(info["is_success"])
     assert successes >= 7, f"{successes}/12"
     env.close()
+
+
+@pytest.mark.parametrize("env_id", ["swan_envs/Reach-v0", "swan_envs/Push-v0"])
+def test_expert_labels_depend_on_the_state_only(env_id: str) -> None:
+    """A fresh expert labels every state of an episode as the one that drove it did:
+    DAgger's labels must not depend on how the learner got to a state."""
+    env = gym.make(env_id, width=32, height=32)
+    driver = make_expert(env)
+    obs, _ = env.reset(seed=4)
+    done = False
+    while not done:
+        action = driver(obs)
+        fresh = make_expert(env)  # no history: starts in the first phase
+        np.testing.assert_array_equal(fresh(obs), action)
+        obs, _, terminated, truncated, _ = env.step(action)
+        done = terminated or truncated
+    env.close()
