@@ -3,10 +3,12 @@
 Arms (the Reach policy of ``configs/reach_bc.yaml`` on 64x64 pixels, batch 64, 1 thread):
 
 * ``ungated``   -- gates disabled, the same widths;
-* ``gated``     -- gated, the package's layer (``relu(z) * g``, autograd);
-* ``fused-bwd`` -- gated, ``relu(z) * g`` with a hand-written backward (``dz`` from one
-  ``threshold_backward`` on the gated output: one pass fewer);
-* ``detached``  -- gated, with the gate network's pooled input detached;
+* ``gated``     -- gated, the package's layer (the fused ``relu(z) * g`` of
+  ``layers._GatedReLU``: ``dz`` from one ``threshold_backward`` on the gated output,
+  ``dg`` from one ``vecdot``; the pooled gate input's gradient as a broadcast view);
+* ``autograd``  -- gated, the unfused composition (``relu(z) * g`` and ``x.mean``, autograd's
+  backward; the package before session 4);
+* ``detached``  -- the package's layer with the gate network's pooled input detached;
 * ``head-only`` -- conv gates off, head gates on.
 
 Reports the minimum over repetitions (robust to a loaded machine) as a ratio to ``ungated``.
@@ -32,34 +34,23 @@ from swan_policy.policy import SwanPolicy
 Forward = Callable[..., tuple[Tensor, Tensor | None]]
 
 
-class _GatedReLU(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, z: Tensor, g: Tensor) -> Tensor:
-        r = torch.relu(z)
-        out = r * g[:, :, None, None]
-        ctx.save_for_backward(r, out)
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
-        r, out = ctx.saved_tensors
-        return torch.ops.aten.threshold_backward(grad, out, 0), (grad * r).sum((2, 3))
-
-
-def _fused_bwd(self: layers.GatedConv2d, x: Tensor, budget: float = 1.0) -> Any:
-    z = self.conv(x)
-    if self.gate is None:
-        return F.relu(z), None
-    g = self.gate(self.gate_logits(x), budget)
-    return _GatedReLU.apply(z, g), g
-
-
-def _detached(self: layers.GatedConv2d, x: Tensor, budget: float = 1.0) -> Any:
+def _autograd(self: layers.GatedConv2d, x: Tensor, budget: float = 1.0) -> Any:
+    """The unfused composition the package used before session 4."""
     y = F.relu(self.conv(x))
     if self.gate is None:
         return y, None
-    g = self.gate(self.gate_logits(x.detach()), budget)
+    assert self.gate_fc is not None
+    logits = F.linear(x.mean(dim=(2, 3)), self.gate_fc.weight, self.gate_fc.bias)
+    g = self.gate(logits, budget)
     return y * g[:, :, None, None], g
+
+
+def _detached(self: layers.GatedConv2d, x: Tensor, budget: float = 1.0) -> Any:
+    z = self.conv(x)
+    if self.gate is None:
+        return F.relu(z), None
+    g = self.gate(self.gate_logits(x.detach()), budget)
+    return layers._GatedReLU.apply(z, g), g
 
 
 def _head_only(self: layers.GatedConv2d, x: Tensor, budget: float = 1.0) -> Any:
@@ -101,7 +92,7 @@ def main() -> None:
     arms: dict[str, tuple[SwanPolicy, Forward]] = {
         "ungated": (make(False), default),
         "gated": (make(True), default),
-        "fused-bwd": (make(True), _fused_bwd),
+        "autograd": (make(True), _autograd),
         "detached": (make(True), _detached),
         "head-only": (make(True), _head_only),
     }
