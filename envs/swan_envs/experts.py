@@ -167,9 +167,12 @@ class PickPlaceExpert(Expert):
             xy_err = float(np.linalg.norm(cube[:2] - tcp[:2]))
             # Descend only with open fingers: closed ones land on the cube's top and jam.
             opened = bool(np.all(env.fingers < 0.01))
-            low = xy_err <= 0.01 and opened
-            goal = np.array([*cube[:2], cube[2] + (0.0 if low else self.hover)])
-            if held or (low and abs(goal[2] - tcp[2]) < 0.01):
+            # A funnel: the height above the cube shrinks with the horizontal error (down
+            # to the cube within 8 mm), so every state near the cube gets a label that
+            # both centres and descends -- no threshold a learner must hit to be told "down".
+            funnel = float(np.clip((xy_err - 0.008) / 0.02, 0.0, 1.0)) if opened else 1.0
+            goal = np.array([*cube[:2], cube[2] + self.hover * funnel])
+            if held or (opened and xy_err <= 0.01 and abs(cube[2] - tcp[2]) < 0.01):
                 # Also when the cube is already between closed fingers (a learner that
                 # grasped it without this expert's help, DAgger): finish the grasp.
                 self.phase, self._grasp_steps = "grasp", 0
