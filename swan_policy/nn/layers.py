@@ -66,9 +66,9 @@ def _union_active(gates: Tensor) -> Tensor:
 class _GatedReLU(torch.autograd.Function):
     """``out = relu(z) * g[:, :, None, None]`` with a fused backward (training only).
 
-    Autograd's unfused version pays four extra passes over the feature map per layer
-    (the mask multiply, its two gradients and their reduction); this one pays one extra
-    pass forward and one backward, which is what keeps the gates' training cost small:
+    Autograd's unfused version makes several extra passes over the feature map per layer
+    (the mask multiply, its two gradients, their reduction); this one makes one extra pass
+    forward and one backward. It takes ~11% off a gated BC step (docs/results.md):
 
     * ``dz = dout * 1[out > 0]`` -- one ``threshold_backward``, because ``out > 0`` exactly
       where ``z > 0`` and ``g = 1`` (gates are exactly 0/1);
