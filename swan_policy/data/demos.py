@@ -488,6 +488,7 @@ def collect_demos(
                             returns[index] = float(np.sum(episode["rewards"]))
                             lengths[index] = int(episode["actions"].shape[0])
                         bar(selection)
+                        check_interrupt()  # after every episode, not every batch of them
                 stepping_seconds = time.perf_counter() - stepping_since
                 data = handle.create_group("data")
                 for demo_id, index in enumerate(chosen):

@@ -188,12 +188,21 @@ def test_interrupt_with_workers_ends_them_and_leaves_no_file(
 
     monkeypatch.setattr(demos, "_write_episode", write_then_interrupt)
     monkeypatch.setattr(demos._ProcessWorkers, "close", spy_close)
-    with pytest.raises(KeyboardInterrupt):
-        collect_demos("swan_envs/Reach-v0", 20, tmp_path / "cut.hdf5", workers=2, progress=False)
+    # Python's own Ctrl-C handler, as in a user's process (collect_demos defers only that
+    # one; a handler another test left behind would take this test's SIGINT instead).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            collect_demos(
+                "swan_envs/Reach-v0", 20, tmp_path / "cut.hdf5", workers=2, progress=False
+            )
+        handler_after = signal.getsignal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert handler_after is signal.default_int_handler  # handler restored
     assert _files(tmp_path) == []
     assert len(processes) == 2 and all(p.poll() is not None for p in processes)
     assert len(calls) == 2  # the collection stopped right after the Ctrl-C
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
 
 def test_refuses_to_overwrite_unless_asked(tmp_path: Path) -> None:
