@@ -1,4 +1,5 @@
-"""The diagnostic scripts behind docs/results.md figures run on a tiny trained run."""
+"""The diagnostic scripts behind docs/results.md figures run on a tiny trained run
+(``reference_run``, tests/conftest.py: read-only, the scripts only read it)."""
 
 from __future__ import annotations
 
@@ -8,32 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from swan_policy.cli import main
-from tests.reliability._runs import tiny_train
-
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from swan_policy.data.demos import collect_demos
-
-    root = tmp_path_factory.mktemp("diag")
-    demos = root / "reach16.hdf5"
-    collect_demos(
-        "swan_envs/Reach-v0",
-        2,
-        demos,
-        workers=1,
-        seed=0,
-        env_kwargs={"width": 16, "height": 16},
-        progress=False,
-    )
-    run = root / "run"
-    assert main([*tiny_train(demos), "--run-dir", str(run), "--quiet"]) == 0
-    return run
 
 
 def _script(name: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -42,9 +18,11 @@ def _script(name: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, check=False)
 
 
-def test_imitation_gap_reports_both_drivers(tiny_run: Path, tmp_path: Path) -> None:
+def test_imitation_gap_reports_both_drivers(reference_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "gap.json"
-    proc = _script("imitation_gap.py", "--run", str(tiny_run), "--episodes", "2", "--out", str(out))
+    proc = _script(
+        "imitation_gap.py", "--run", str(reference_run), "--episodes", "2", "--out", str(out)
+    )
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(out.read_text())["rows"]
     overall = {r["driver"]: r for r in rows if r["phase"] == "all"}
@@ -56,8 +34,8 @@ def test_imitation_gap_reports_both_drivers(tiny_run: Path, tmp_path: Path) -> N
     assert "states of" in proc.stdout and "policy" in proc.stdout  # the table
 
 
-def test_failure_distances_runs(tiny_run: Path) -> None:
-    proc = _script("failure_distances.py", "--run", str(tiny_run), "--episodes", "2")
+def test_failure_distances_runs(reference_run: Path) -> None:
+    proc = _script("failure_distances.py", "--run", str(reference_run), "--episodes", "2")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["episodes"] == 2 and 0 <= summary["failures"] <= 2

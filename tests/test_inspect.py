@@ -34,23 +34,10 @@ LAYERS = {"encoder.layers.0": 4, "encoder.layers.1": 4, "head.layers.0": 8}
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_run(demos16: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 6-step BC run on Reach-v0 at 16x16 (gates start undecided: init_bias 0)."""
-    from swan_policy.data.demos import collect_demos
-
-    root = tmp_path_factory.mktemp("inspect")
-    demos = root / "reach16.hdf5"
-    collect_demos(
-        "swan_envs/Reach-v0",
-        2,
-        demos,
-        workers=1,
-        seed=0,
-        env_kwargs={"width": 16, "height": 16},
-        progress=False,
-    )
-    run = root / "run"
-    argv = tiny_train(demos, "policy.gate.init_bias=0.0")
+    run = tmp_path_factory.mktemp("inspect") / "run"
+    argv = tiny_train(demos16, "policy.gate.init_bias=0.0")
     assert main([*argv, "--run-dir", str(run), "--quiet"]) == 0
     return run
 
