@@ -136,71 +136,61 @@ class PushExpert(Expert):
 class PickPlaceExpert(Expert):
     """Hover over the cube, descend, close, lift, carry over the target, lower, open.
 
-    Phases: "reach" (over the cube and down to it, gripper open), "grasp" (close and wait for
-    the fingers to settle), "carry" (lift and move over the target) and "place" (lower, open,
-    back off). If the cube slips out while carried, the expert goes back to "reach".
+    Phases: "reach" (over the cube and down to it, gripper open), "grasp" (close on the
+    cube), "carry" (lift and move over the target) and "place" (lower, open, back off).
 
-    It also labels states off its own path (DAgger): it opens the fingers before it
-    descends to the cube, and a cube already between closed fingers is grasped and carried.
+    The phase is a function of the state alone (no counters, no hysteresis), so that
+    DAgger's label for a state does not depend on how the learner got there: the cube in
+    the closed fingers means carry or place, the open fingers around it mean close, and
+    anything else means reach. Off its own path it opens the fingers before it descends
+    (closed ones land on the cube's top and jam), and a cube a learner grasped without its
+    help is carried on. If the cube slips out, it goes back to "reach".
     """
 
     phases = ("reach", "grasp", "carry", "place")
     hover = 0.07  # height above the cube for the approach (m)
     carry_height = 0.1  # tcp height while carrying (m)
-
     rest_z = CUBE_HALF + 0.0005  # tcp height that puts the held cube on the table
-
-    def __init__(self, env: gym.Env[Any, Any]) -> None:
-        super().__init__(env)
-        self._grasp_steps = 0
-
-    def reset(self) -> None:
-        super().reset()
-        self._grasp_steps = 0
 
     def act(self) -> np.ndarray:
         env = cast(PickPlaceEnv, self.env.unwrapped)  # make_expert picked this class by id
         tcp, cube, target = env.tcp, env.cube_pos, env.target
         held = np.linalg.norm(cube - tcp) < 0.02 and bool(np.all(env.fingers > 0.008))
-        grip = -1.0
-        if self.phase == "reach":
-            xy_err = float(np.linalg.norm(cube[:2] - tcp[:2]))
-            # Descend only with open fingers: closed ones land on the cube's top and jam.
-            opened = bool(np.all(env.fingers < 0.01))
-            # A funnel: the height above the cube shrinks with the horizontal error (down
-            # to the cube within 8 mm), so every state near the cube gets a label that
-            # both centres and descends -- no threshold a learner must hit to be told "down".
-            funnel = float(np.clip((xy_err - 0.008) / 0.02, 0.0, 1.0)) if opened else 1.0
-            goal = np.array([*cube[:2], cube[2] + self.hover * funnel])
-            if held or (opened and xy_err <= 0.01 and abs(cube[2] - tcp[2]) < 0.01):
-                # Also when the cube is already between closed fingers (a learner that
-                # grasped it without this expert's help, DAgger): finish the grasp.
-                self.phase, self._grasp_steps = "grasp", 0
-        if self.phase == "grasp":
-            goal, grip = cube.copy(), 1.0
-            self._grasp_steps += 1
-            if self._grasp_steps >= 4:
-                self.phase = "carry"
-        if self.phase == "carry":
-            grip = 1.0
+        resting = cube[2] < self.rest_z + 0.003
+        if held:
+            goal, grip = self._carry_goal(tcp, target), 1.0
             xy_err = float(np.linalg.norm(target - tcp[:2]))
-            # Lift straight up first, then travel at carrying height.
-            goal = np.array([*(target if tcp[2] > 0.06 else tcp[:2]), self.carry_height])
-            if not held:
-                self.phase = "reach"
-                goal, grip = np.array([*cube[:2], cube[2] + self.hover]), -1.0
-            elif xy_err < 0.008:
-                self.phase = "place"
-        if self.phase == "place":
-            # Lower until the cube rests on the table, then let go and back off upwards.
-            resting = cube[2] < self.rest_z + 0.003
-            grip = -1.0 if resting or not held else 1.0
-            down = np.array([*target, self.rest_z])
-            goal = down if not resting else np.array([*tcp[:2], self.carry_height])
-            if not held and not resting:
-                self.phase = "reach"
+            self.phase = "place" if xy_err <= 0.028 else "carry"
+            if resting and xy_err <= 0.015:  # down on the target: let go and back off
+                goal, grip = np.array([*tcp[:2], self.carry_height]), -1.0
+        else:
+            xy_err = float(np.linalg.norm(cube[:2] - tcp[:2]))
+            opened = bool(np.all(env.fingers < 0.01))
+            placed = resting and float(np.linalg.norm(cube[:2] - target)) < 0.02
+            if placed and xy_err < 0.02:
+                self.phase, grip = "place", -1.0
+                goal = np.array([*tcp[:2], self.carry_height])
+            elif opened and xy_err <= 0.01 and abs(cube[2] - tcp[2]) < 0.01:
+                self.phase, grip, goal = "grasp", 1.0, cube.copy()
+            else:
+                self.phase, grip = "reach", -1.0
+                # A funnel: the height above the cube shrinks with the horizontal error
+                # (down to the cube within 8 mm), so every state near the cube gets a label
+                # that both centres and descends -- no threshold a learner must hit to be
+                # told "down". Closed fingers stay up and open first.
+                funnel = float(np.clip((xy_err - 0.008) / 0.02, 0.0, 1.0)) if opened else 1.0
+                goal = np.array([*cube[:2], cube[2] + self.hover * funnel])
         velocity = _clip_norm(10.0 * (goal - tcp), 0.25) / 0.25
         return np.clip(np.array([*velocity, grip]), -1.0, 1.0)
+
+    def _carry_goal(self, tcp: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """Lift straight up first; then travel at carrying height and lower in a funnel
+        over the target (the same shape as the descent to the cube)."""
+        xy_err = float(np.linalg.norm(target - tcp[:2]))
+        if xy_err > 0.028 and tcp[2] < 0.06:
+            return np.array([*tcp[:2], self.carry_height])
+        funnel = float(np.clip((xy_err - 0.008) / 0.02, 0.0, 1.0))
+        return np.array([*target, self.rest_z + (self.carry_height - self.rest_z) * funnel])
 
 
 def _to_env_units(raw: np.ndarray, env: gym.Env[Any, Any]) -> np.ndarray:

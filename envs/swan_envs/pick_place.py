@@ -49,7 +49,9 @@ class PickPlaceEnv(SwanMujocoEnv):
     colours, lighting, a small camera shift and adds 1-2 visual-only distractors at each reset.
 
     ## Version History
-    * v0: initial release (issue 3).
+    * v0: initial release (issue 3). Since: the fingers no longer collide with each other,
+      and finger-cube friction is 0.3 (was 1.5), so a yawed cube squares up in the jaws
+      instead of jamming corner-first and falling out when carried.
     """
 
     xml_file = "pick_place.xml"

@@ -124,7 +124,7 @@ def test_pick_place_expert_recovers_from_random_actions() -> None:
     env.close()
 
 
-@pytest.mark.parametrize("env_id", ["swan_envs/Reach-v0", "swan_envs/Push-v0"])
+@pytest.mark.parametrize("env_id", swan_envs.TASK_IDS)
 def test_expert_labels_depend_on_the_state_only(env_id: str) -> None:
     """A fresh expert labels every state of an episode as the one that drove it did:
     DAgger's labels must not depend on how the learner got to a state."""
@@ -138,4 +138,26 @@ def test_expert_labels_depend_on_the_state_only(env_id: str) -> None:
         np.testing.assert_array_equal(fresh(obs), action)
         obs, _, terminated, truncated, _ = env.step(action)
         done = terminated or truncated
+    env.close()
+
+
+@pytest.mark.parametrize("yaw", [-0.5, 0.5])
+def test_pick_place_yawed_cube_is_carried_on_the_first_grasp(yaw: float) -> None:
+    """At the largest start yaw the squeeze turns the cube square in the jaws: it is lifted,
+    carried and placed without slipping out (once, it jammed corner-first and fell)."""
+    env = gym.make("swan_envs/PickPlace-v0", width=32, height=32)
+    expert = make_expert(env)
+    obs, _ = env.reset(seed=3)
+    base = cast(PickPlaceEnv, env.unwrapped)
+    base.data.qpos[3:7] = [np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)]
+    mujoco.mj_forward(base.model, base.data)
+    phases: list[str] = []
+    done, info = False, {}
+    while not done:
+        action = expert(obs)
+        if not phases or phases[-1] != expert.phase:
+            phases.append(expert.phase)
+        obs, _, terminated, truncated, info = env.step(action)
+        done = terminated or truncated
+    assert info["is_success"] and phases == ["reach", "grasp", "carry", "place"]
     env.close()
