@@ -422,3 +422,30 @@ def test_distill_teacher_labels_the_pixel_student(tmp_path: Path) -> None:
     assert main([*args, "--resume", "--set", "bc.steps=9"]) == 0
     assert latest_checkpoint(run) == run / "checkpoints" / "step_12"
     assert (run / "teacher" / "checkpoints" / "last").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "SwanActorCriticPolicy",
+        "SwanSACPolicy",
+        "SwanSACActor",
+        "SwanContinuousCritic",
+        "SwanFeaturesExtractor",
+    ],
+)
+def test_sb3_class_paths_of_older_saves_still_resolve(name: str) -> None:
+    """SB3 .zip files store their policy classes by reference, as
+    ``swan_policy.train.rl.<Class>`` for saves made before the module was split: the name
+    must still resolve there, to the class that new code uses."""
+    import importlib
+
+    from swan_policy.train import rl_core, rl_sac
+
+    old_home = importlib.import_module("swan_policy.train.rl")
+    cls = getattr(old_home, name)
+    assert (
+        cls is getattr(rl_sac, name, None)
+        or cls is getattr(rl_core, name, None)
+        or (cls.__module__ == "swan_policy.train.rl")
+    )
