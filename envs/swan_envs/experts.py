@@ -151,6 +151,8 @@ class PickPlaceExpert(Expert):
     hover = 0.07  # height above the cube for the approach (m)
     carry_height = 0.1  # tcp height while carrying (m)
     rest_z = CUBE_HALF + 0.0005  # tcp height that puts the held cube on the table
+    funnel = (0.008, 0.03)  # descend fully within 8 mm; full height from 8 + 30 mm off (m)
+    gains = (10.0, 10.0, 5.0)  # velocity per metre of error (m/s per m), x / y / z
 
     def act(self) -> np.ndarray:
         env = cast(PickPlaceEnv, self.env.unwrapped)  # make_expert picked this class by id
@@ -160,7 +162,7 @@ class PickPlaceExpert(Expert):
         if held:
             goal, grip = self._carry_goal(tcp, target), 1.0
             xy_err = float(np.linalg.norm(target - tcp[:2]))
-            self.phase = "place" if xy_err <= 0.028 else "carry"
+            self.phase = "place" if xy_err <= sum(self.funnel) else "carry"
             if resting and xy_err <= 0.015:  # down on the target: let go and back off
                 goal, grip = np.array([*tcp[:2], self.carry_height]), -1.0
         else:
@@ -178,19 +180,26 @@ class PickPlaceExpert(Expert):
                 # (down to the cube within 8 mm), so every state near the cube gets a label
                 # that both centres and descends -- no threshold a learner must hit to be
                 # told "down". Closed fingers stay up and open first.
-                funnel = float(np.clip((xy_err - 0.008) / 0.02, 0.0, 1.0)) if opened else 1.0
-                goal = np.array([*cube[:2], cube[2] + self.hover * funnel])
-        velocity = _clip_norm(10.0 * (goal - tcp), 0.25) / 0.25
+                height = self.hover * self._funnel(xy_err) if opened else self.hover
+                goal = np.array([*cube[:2], cube[2] + height])
+        # The height goal is steep in the horizontal error, which a pixel policy sees to a
+        # few mm only: a gentler z gain keeps the z label a smooth function of the state
+        # (it no longer flips from full up to full down within 1.4 cm).
+        velocity = _clip_norm(np.asarray(self.gains) * (goal - tcp), 0.25) / 0.25
         return np.clip(np.array([*velocity, grip]), -1.0, 1.0)
+
+    def _funnel(self, xy_err: float) -> float:
+        """0 within ``funnel[0]`` of the goal, rising linearly to 1 over ``funnel[1]``."""
+        return float(np.clip((xy_err - self.funnel[0]) / self.funnel[1], 0.0, 1.0))
 
     def _carry_goal(self, tcp: np.ndarray, target: np.ndarray) -> np.ndarray:
         """Lift straight up first; then travel at carrying height and lower in a funnel
         over the target (the same shape as the descent to the cube)."""
         xy_err = float(np.linalg.norm(target - tcp[:2]))
-        if xy_err > 0.028 and tcp[2] < 0.06:
+        if xy_err > sum(self.funnel) and tcp[2] < 0.06:
             return np.array([*tcp[:2], self.carry_height])
-        funnel = float(np.clip((xy_err - 0.008) / 0.02, 0.0, 1.0))
-        return np.array([*target, self.rest_z + (self.carry_height - self.rest_z) * funnel])
+        height = self.rest_z + (self.carry_height - self.rest_z) * self._funnel(xy_err)
+        return np.array([*target, height])
 
 
 def _to_env_units(raw: np.ndarray, env: gym.Env[Any, Any]) -> np.ndarray:

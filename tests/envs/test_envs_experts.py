@@ -161,3 +161,22 @@ def test_pick_place_yawed_cube_is_carried_on_the_first_grasp(yaw: float) -> None
         done = terminated or truncated
     assert info["is_success"] and phases == ["reach", "grasp", "carry", "place"]
     env.close()
+
+
+def test_pick_place_height_label_is_smooth_in_the_horizontal_error() -> None:
+    """A pixel policy places the gripper to a few mm: 3 cm above the cube, the expert's z
+    label must change gradually with the horizontal offset (<= 0.08 per mm), or it teaches
+    the learner the average of "up" and "down" there, i.e. to hover."""
+    env = gym.make("swan_envs/PickPlace-v0", width=32, height=32)
+    expert = make_expert(env)
+    obs, _ = env.reset(seed=0)
+    base = cast(PickPlaceEnv, env.unwrapped)
+    cube = base.cube_pos.copy()
+    labels = []
+    for dx in np.arange(0.0, 0.04, 0.001):
+        base.data.qpos[7:10] += np.array([cube[0] + dx, cube[1], cube[2] + 0.03]) - base.tcp
+        mujoco.mj_forward(base.model, base.data)
+        labels.append(expert(obs)[2])
+    assert labels[0] < -0.3 and labels[-1] > 0.3  # down over the cube, up when off to one side
+    assert np.abs(np.diff(labels)).max() <= 0.08
+    env.close()
