@@ -140,13 +140,19 @@ def resolve_policy_config(cfg: PolicyConfig, env: gym.Env[Any, Any]) -> PolicyCo
             f"env {env_id} has no '{PIXELS}' observation; set policy.pixels=false "
             "for a proprio-only policy"
         )
+    return fill_policy_dims(cfg, wanted, f"env {env_id}")
+
+
+def fill_policy_dims(cfg: PolicyConfig, wanted: dict[str, Any], source: str) -> PolicyConfig:
+    """``cfg`` with its unset dims taken from ``wanted``; a set dim that differs raises
+    :class:`SpaceMismatchError` naming the field and ``source`` (e.g. ``"env Reach-v0"``)."""
     update = {}
     for field, value in wanted.items():
         current = getattr(cfg, field)
         if current is None:
             update[field] = value
         elif (tuple(current) if isinstance(current, tuple | list) else current) != value:
-            raise SpaceMismatchError(f"policy.{field} is {current} but env {env_id} has {value}")
+            raise SpaceMismatchError(f"policy.{field} is {current} but {source} has {value}")
     return cfg.model_copy(update=update)
 
 

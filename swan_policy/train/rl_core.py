@@ -23,7 +23,7 @@ from stable_baselines3.common.type_aliases import PyTorchObs
 from torch import Tensor, nn
 
 from swan_policy.config import ConfigError, EncoderConfig, GateConfig, PolicyConfig
-from swan_policy.envs import SpaceMismatchError
+from swan_policy.envs import SpaceMismatchError, fill_policy_dims
 from swan_policy.nn.encoders import GatedConvEncoder
 from swan_policy.nn.gates import SwanGate
 from swan_policy.nn.heads import GatedMLPHead, ProprioMLP
@@ -161,14 +161,7 @@ def _policy_config(
     if layout.pixels is not None:
         wanted["image_hw"] = layout.pixels[:2]
         wanted["image_channels"] = layout.pixels[2]
-    update = {}
-    for field, value in wanted.items():
-        current = getattr(cfg, field)
-        if current is None:
-            update[field] = value
-        elif (tuple(current) if isinstance(current, tuple | list) else current) != value:
-            raise SpaceMismatchError(f"policy.{field} is {current} but the env has {value}")
-    return cfg.model_copy(update=update)
+    return fill_policy_dims(cfg, wanted, "the env")
 
 
 def _build_swan(

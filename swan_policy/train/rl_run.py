@@ -581,8 +581,9 @@ def train_distill(
     ``demos.episodes`` teacher episodes, then runs ``dagger.rounds`` rounds.
     """
     from swan_policy.train import imitation
+    from swan_policy.train.labellers import teacher_labeller
 
     teacher_dir = prepare_teacher(cfg, run_dir, show)
-    labeller = imitation.teacher_labeller(teacher_dir)
+    labeller = teacher_labeller(teacher_dir)
     student_resume = resume and latest_checkpoint(run_dir) is not None
     return imitation.train(cfg, run_dir, resume=student_resume, show=show, labeller=labeller)
