@@ -10,6 +10,8 @@ from pathlib import Path
 
 import imageio.v2 as imageio
 
+from tests.reliability._runs import set_args, tiny_policy
+
 REPO = Path(__file__).resolve().parents[1]
 ARMS = {
     "swan-dynamic",
@@ -26,11 +28,7 @@ ARMS = {
 
 def test_tradeoff_benchmark_writes_table_json_and_plot(tmp_path: Path) -> None:
     sets = [
-        "env.kwargs={width: 32, height: 32}",
-        "policy.encoder.channels=[4, 4]",
-        "policy.encoder.strides=[2, 1]",
-        "policy.head.hidden=[16, 16]",
-        "policy.head.proprio_hidden=8",
+        *tiny_policy(),
         f"demos.path={tmp_path / 'demos.hdf5'}",
         "demos.episodes=2",
         "demos.workers=1",
@@ -59,7 +57,7 @@ def test_tradeoff_benchmark_writes_table_json_and_plot(tmp_path: Path) -> None:
         str(tmp_path / "runs"),
         "--docs",
         str(tmp_path / "docs"),
-        *[a for s in sets for a in ("--set", s)],
+        *set_args(sets),
     ]
     env = {**os.environ, "MUJOCO_GL": "egl", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)

@@ -8,19 +8,11 @@ from pathlib import Path
 import pytest
 
 from swan_policy.cli import main
+from tests.reliability._runs import set_args, tiny_policy
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs" / "reach_bc.yaml")
-TINY = [
-    "--set",
-    "env.kwargs={width: 32, height: 32}",
-    "--set",
-    "policy.encoder.channels=[4, 4]",
-    "--set",
-    "policy.encoder.strides=[2, 1]",
-    "--set",
-    "policy.head.hidden=[8]",
-]
+TINY = set_args(tiny_policy(hidden="[8]"))
 
 
 def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:

@@ -81,6 +81,27 @@ def test_pick_place_fingers_closed_on_nothing_open_again() -> None:
     env.close()
 
 
+@pytest.mark.parametrize(
+    ("grip", "closed"), [(0.05, True), (1.0, True), (0.0, False), (-0.05, False)]
+)
+def test_pick_place_grip_is_binary(grip: float, closed: bool) -> None:
+    """A grip command near the switch still closes or opens the fingers all the way: a
+    learner whose output hovers around 0 between "hold" and "let go" must not leave them
+    half shut on the cube (which is not a release)."""
+    env = gym.make("swan_envs/PickPlace-v0", width=32, height=32)
+    env.reset(seed=0)
+    base = cast(PickPlaceEnv, env.unwrapped)
+    base.data.qpos[10:12] = 0.0 if closed else base.finger_travel
+    mujoco.mj_forward(base.model, base.data)
+    for _ in range(10):
+        env.step(np.array([0.0, 0.0, 0.0, grip], dtype=np.float32))
+    if closed:
+        assert np.all(base.fingers > base.finger_travel - 0.003)
+    else:
+        assert np.all(base.fingers < 0.003)
+    env.close()
+
+
 def test_pick_place_expert_opens_before_it_descends() -> None:
     """DAgger labels states a learner reached: over the cube with the fingers closed on
     nothing, the label is "open and stay up", not "descend" (closed fingers land on the

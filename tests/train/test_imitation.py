@@ -21,35 +21,15 @@ from swan_policy.policy import SwanPolicy
 from swan_policy.serialization import load_tensors
 from swan_policy.train import imitation
 from swan_policy.train.checkpoint import latest_checkpoint
+from tests.reliability._runs import TINY_DAGGER, set_args, tiny_policy
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = str(REPO / "configs" / "reach_bc.yaml")
 
 
 def tiny(tmp: Path, *extra: str) -> list[str]:
-    sets = [
-        "env.kwargs={width: 32, height: 32}",
-        "policy.encoder.channels=[4, 4]",
-        "policy.encoder.strides=[2, 1]",
-        "policy.head.hidden=[16, 16]",
-        "policy.head.proprio_hidden=8",
-        f"demos.path={tmp / 'demos.hdf5'}",
-        "demos.episodes=3",
-        "demos.workers=1",
-        "bc.steps=6",
-        "bc.batch_size=8",
-        "bc.warmup_steps=2",
-        "dagger.rounds=1",
-        "dagger.episodes_per_round=2",
-        "dagger.steps_per_round=3",
-        "eval.episodes=2",
-        "eval.workers=1",
-        "eval.every=0",
-        "log.log_every=2",
-        "log.checkpoint_every=3",
-        *extra,
-    ]
-    return [a for s in sets for a in ("--set", s)]
+    demos = [f"demos.path={tmp / 'demos.hdf5'}", "demos.episodes=3", "demos.workers=1"]
+    return set_args([*tiny_policy(), *demos, *TINY_DAGGER, "eval.every=0", *extra])
 
 
 def test_train_eval_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

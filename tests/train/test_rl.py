@@ -35,6 +35,7 @@ from swan_policy.train.rl import (
     swan_of,
 )
 from swan_policy.train.rl_run import build_model, make_rl_env, restore_rl_checkpoint, train_rl
+from tests.reliability._runs import TINY_DAGGER, set_args, tiny_policy
 
 REPO = Path(__file__).resolve().parents[2]
 PENDULUM = EnvConfig(id="InvertedPendulum-v5")
@@ -377,30 +378,11 @@ def test_distill_teacher_labels_the_pixel_student(tmp_path: Path) -> None:
     )
     teacher["eval"].update(episodes=2, workers=1, at_end=False)
     (tmp_path / "teacher.yaml").write_text(yaml.safe_dump(teacher))
-    sets = [
-        "env.kwargs={width: 32, height: 32}",
-        "policy.encoder.channels=[4, 4]",
-        "policy.encoder.strides=[2, 1]",
-        "policy.head.hidden=[16, 16]",
-        "policy.head.proprio_hidden=8",
-        f"rl.teacher.config={tmp_path / 'teacher.yaml'}",
-        "rl.n_envs=2",
-        "demos.episodes=3",
-        "bc.steps=6",
-        "bc.batch_size=8",
-        "bc.warmup_steps=2",
-        "dagger.rounds=1",
-        "dagger.episodes_per_round=2",
-        "dagger.steps_per_round=3",
-        "eval.episodes=2",
-        "eval.workers=1",
-        "eval.budgets=[1.0]",
-        "log.log_every=2",
-        "log.checkpoint_every=3",
-    ]
+    teacher_sets = [f"rl.teacher.config={tmp_path / 'teacher.yaml'}", "rl.n_envs=2"]
+    sets = [*tiny_policy(), *teacher_sets, "demos.episodes=3", *TINY_DAGGER, "eval.budgets=[1.0]"]
     run = tmp_path / "run"
     args = ["train", "--config", str(REPO / "configs" / "reach_distill.yaml")]
-    args += ["--run-dir", str(run), "--quiet", *[a for s in sets for a in ("--set", s)]]
+    args += ["--run-dir", str(run), "--quiet", *set_args(sets)]
     assert main(args) == 0
     assert latest_checkpoint(run / "teacher") == run / "teacher" / "checkpoints" / "step_128"
     assert latest_checkpoint(run) == run / "checkpoints" / "step_9"
