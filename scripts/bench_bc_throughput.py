@@ -8,6 +8,9 @@ arms (so machine noise hits all alike), and reports the median samples/s per arm
 * ``gated``    -- SWAN gates, single budget (b = 1): the cost of the gates themselves;
 * ``gated+sandwich`` -- the default training step (b = 1, b_min, one random budget).
 
+``--compile`` adds the same three arms with ``bc.compile`` (``torch.compile`` of the
+training forward pass; compiled during the warm-up, which then takes a minute or two).
+
     python scripts/bench_bc_throughput.py --config configs/reach_bc.yaml --blocks 6 --steps 10
 """
 
@@ -28,7 +31,9 @@ from swan_policy.policy import SwanPolicy
 from swan_policy.train.imitation import BCData, SandwichLoss, bc_update, lr_lambda
 
 
-def make_arm(cfg: ExperimentConfig, gated: bool, sandwich: bool) -> tuple[ExperimentConfig, dict]:
+def make_arm(
+    cfg: ExperimentConfig, gated: bool, sandwich: bool, compile: bool = False
+) -> tuple[ExperimentConfig, dict]:
     over = cfg.model_copy(
         update={
             "policy": cfg.policy.model_copy(
@@ -45,7 +50,9 @@ def make_arm(cfg: ExperimentConfig, gated: bool, sandwich: bool) -> tuple[Experi
     )
     torch.manual_seed(0)
     policy = SwanPolicy(over.policy).train()
-    loss = SandwichLoss(policy, over.policy.gate.sparsity_weight, over.bc.distill_weight)
+    loss = SandwichLoss(
+        policy, over.policy.gate.sparsity_weight, over.bc.distill_weight, compile=compile
+    )
     opt = torch.optim.AdamW(policy.parameters(), lr=over.bc.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(over, 10_000))
     return over, {"loss": loss, "opt": opt, "sched": sched}
@@ -58,6 +65,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="BC steps per block.")
     parser.add_argument("--samples", type=int, default=4096, help="Random dataset size.")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_bc_throughput.json"))
+    parser.add_argument("--compile", action="store_true", help="Add torch.compile'd arms.")
     args = parser.parse_args()
     cfg = load_config(args.config)
     gen = torch.Generator().manual_seed(0)
@@ -71,9 +79,13 @@ def main() -> None:
         "gated": make_arm(cfg, gated=True, sandwich=False),
         "gated+sandwich": make_arm(cfg, gated=True, sandwich=True),
     }
+    if args.compile:
+        arms["ungated, compiled"] = make_arm(cfg, gated=False, sandwich=False, compile=True)
+        arms["gated, compiled"] = make_arm(cfg, gated=True, sandwich=False, compile=True)
+        arms["gated+sandwich, compiled"] = make_arm(cfg, gated=True, sandwich=True, compile=True)
     rates: dict[str, list[float]] = {k: [] for k in arms}
-    for arm_cfg, s in arms.values():  # warm-up
-        for _ in range(2):
+    for name, (arm_cfg, s) in arms.items():  # warm-up (compiled arms: every sandwich budget)
+        for _ in range(12 if "compiled" in name else 2):
             bc_update(s["loss"], s["opt"], s["sched"], data, arm_cfg)
     for _ in range(args.blocks):
         for name, (arm_cfg, s) in arms.items():
@@ -93,6 +105,10 @@ def main() -> None:
     Console().print(table)
     gate_cost = med["ungated"] / med["gated"] - 1.0
     Console().print(f"gate cost per sample (same loop, one budget): {gate_cost:+.1%}")
+    compiled_cost = None
+    if args.compile:
+        compiled_cost = med["ungated, compiled"] / med["gated, compiled"] - 1.0
+        Console().print(f"gate cost per sample, both compiled: {compiled_cost:+.1%}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
@@ -100,6 +116,7 @@ def main() -> None:
                 "median_samples_per_s": med,
                 "blocks": rates,
                 "gate_cost": gate_cost,
+                "gate_cost_compiled": compiled_cost,
                 "threads": torch.get_num_threads(),
                 "config": str(args.config),
             },

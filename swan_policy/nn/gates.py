@@ -38,7 +38,7 @@ def units_for_budget(budget: float, num_units: int) -> int:
     Raises:
         ValueError: if ``budget`` is not in ``(0, 1]``.
     """
-    if not (0.0 < budget <= 1.0) or math.isnan(budget):
+    if not 0.0 < budget <= 1.0:  # False for NaN too
         raise ValueError(f"budget must be in (0, 1], got {budget!r}")
     return max(1, min(num_units, math.ceil(budget * num_units - 1e-9)))
 

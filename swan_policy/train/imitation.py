@@ -57,7 +57,7 @@ from swan_policy.train.labellers import Labeller, labelled_vec_env
 # Re-exported: they lived here before the labellers got their own module.
 from swan_policy.train.labellers import TeacherLabels as TeacherLabels
 from swan_policy.train.labellers import teacher_labeller as teacher_labeller
-from swan_policy.train.losses import bc_sandwich_loss, sandwich_budgets
+from swan_policy.train.losses import CompiledForward, bc_sandwich_loss, sandwich_budgets
 
 
 class TrainingError(RuntimeError):
@@ -113,12 +113,15 @@ class SandwichLoss(nn.Module):
         sparsity_weight: float,
         distill_weight: float,
         low_weight: float = 1.0,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.policy = policy
         self.sparsity_weight = sparsity_weight
         self.distill_weight = distill_weight
         self.low_weight = low_weight
+        # only the training step is compiled: rollouts and evaluation stay eager
+        self.forward_fn = CompiledForward(policy) if compile else policy.forward_normalized
 
     def forward(
         self, obs: dict[str, Tensor], actions: Tensor, budgets: list[float]
@@ -131,6 +134,7 @@ class SandwichLoss(nn.Module):
             self.sparsity_weight,
             self.distill_weight,
             self.low_weight,
+            self.forward_fn,
         )
 
 
@@ -411,7 +415,11 @@ def train(
             dump_config(cfg.model_copy(update={"policy": policy.config}))
         )
     loss_module: nn.Module = SandwichLoss(
-        policy, policy.config.gate.sparsity_weight, cfg.bc.distill_weight, cfg.bc.low_weight
+        policy,
+        policy.config.gate.sparsity_weight,
+        cfg.bc.distill_weight,
+        cfg.bc.low_weight,
+        compile=cfg.bc.compile,
     )
     if ctx.world > 1:
         loss_module = nn.parallel.DistributedDataParallel(loss_module)

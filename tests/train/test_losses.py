@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 import pytest
 import torch
+from torch import Tensor
 
 from swan_policy.policy import SwanPolicy
-from swan_policy.train.losses import bc_sandwich_loss, sandwich_budgets
+from swan_policy.train.losses import CompiledForward, bc_sandwich_loss, sandwich_budgets
 from tests.conftest import random_obs, tiny_config
 
 
@@ -42,3 +46,49 @@ def test_low_weight_scales_only_the_lower_budget_passes() -> None:
     top, _ = bc_sandwich_loss(*args, low_weight=0.0)  # the b = 1 pass alone
     torch.testing.assert_close(half - top, 0.5 * (full - top))
     assert float(full - top) > 0
+
+
+def _loss_and_grads(policy: SwanPolicy, forward: Any = None) -> tuple[dict[str, Any], list[Tensor]]:
+    policy.zero_grad()
+    obs = random_obs(policy.config, 8, seed=1)
+    acts = torch.rand(8, 2, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    loss, info = bc_sandwich_loss(policy, obs, acts, [1.0, 0.25, 0.5], 0.1, 0.5, forward=forward)
+    loss.backward()
+    grads = [p.grad.clone() if p.grad is not None else torch.zeros(()) for p in policy.parameters()]
+    return info, grads
+
+
+def test_compiled_forward_gives_the_eager_loss_gradients_and_gate_statistics() -> None:
+    """Dynamo must replay the gates' side effects (the sparsity term and active fraction
+    are read after the forward pass) and their custom straight-through backward."""
+    torch.manual_seed(0)
+    policy = SwanPolicy(tiny_config(gate={"init_bias": 0.0, "sparsity": "l1"}))
+    eager_info, eager_grads = _loss_and_grads(policy)
+    compiled = CompiledForward(policy, backend="aot_eager")
+    for _ in range(2):  # the second call runs the cached graphs
+        info, grads = _loss_and_grads(policy, compiled)
+        assert compiled.compiled is not None  # it did compile (no fallback)
+        assert info.keys() == eager_info.keys()
+        for key, value in eager_info.items():
+            assert info[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+        for g, ref in zip(grads, eager_grads, strict=True):
+            torch.testing.assert_close(g, ref, rtol=1e-5, atol=1e-7)
+    assert any(float(g.abs().sum()) > 0 for g in grads)
+
+
+def test_compiled_forward_falls_back_to_eager_when_compiling_fails(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken_backend(gm: Any, example_inputs: Any) -> Any:
+        raise RuntimeError("no C++ compiler")
+
+    torch.manual_seed(0)
+    policy = SwanPolicy(tiny_config())
+    eager_info, _ = _loss_and_grads(policy)
+    compiled = CompiledForward(policy, backend=broken_backend)
+    with caplog.at_level(logging.WARNING):
+        info, _ = _loss_and_grads(policy, compiled)
+    assert compiled.compiled is None
+    assert "torch.compile failed, training in eager mode" in caplog.text
+    assert "no C++ compiler" in caplog.text
+    assert info["loss"] == pytest.approx(eager_info["loss"], rel=1e-6)
