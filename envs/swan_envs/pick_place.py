@@ -56,7 +56,6 @@ class PickPlaceEnv(SwanMujocoEnv):
       instead of jamming corner-first and falling out when carried. The grip command is
       binary (was proportional: a learner that output ~0 left the fingers half closed on
       the cube, never letting go).
-      The camera's field of view is 40 degrees (was 50): more pixels on the target.
     """
 
     xml_file = "pick_place.xml"
