@@ -34,6 +34,11 @@ class CompiledForward:
     """
 
     def __init__(self, policy: SwanPolicy, backend: Any = "inductor") -> None:
+        # Dynamo caches compiled code per function, not per policy: a process that trains
+        # one policy after another (scripts/bench_tradeoff.py: ten in a row) would hit its
+        # recompile limit (8) and quietly run the later ones eagerly. Each training starts
+        # from an empty cache instead.
+        torch._dynamo.reset()
         self.eager: Forward = policy.forward_normalized
         self.compiled: Forward | None = torch.compile(policy.forward_normalized, backend=backend)
 

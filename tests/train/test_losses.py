@@ -92,3 +92,20 @@ def test_compiled_forward_falls_back_to_eager_when_compiling_fails(
     assert "torch.compile failed, training in eager mode" in caplog.text
     assert "no C++ compiler" in caplog.text
     assert info["loss"] == pytest.approx(eager_info["loss"], rel=1e-6)
+
+
+def test_policies_trained_one_after_another_are_all_compiled() -> None:
+    """bench_tradeoff trains ten policies in one process; dynamo's per-function recompile
+    limit (8) must not send the later ones to eager mode without a word."""
+    compiled_graphs = []
+
+    def counting_backend(gm: Any, example_inputs: Any) -> Any:
+        compiled_graphs.append(gm)
+        return gm.forward
+
+    for i in range(10):
+        torch.manual_seed(i)
+        policy = SwanPolicy(tiny_config())
+        before = len(compiled_graphs)
+        _loss_and_grads(policy, CompiledForward(policy, backend=counting_backend))
+        assert len(compiled_graphs) > before, f"policy {i} ran eagerly"
