@@ -158,7 +158,7 @@ class BCConfig(StrictModel):
     compile: bool = Field(
         False,
         description="torch.compile the training forward pass (1.5x faster sandwich steps on "
-        "CPU after ~30-60 s of compiling; falls back to eager where compiling fails).",
+        "CPU once compiled; falls back to eager where compiling fails).",
     )
 
     @model_validator(mode="after")

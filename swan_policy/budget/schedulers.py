@@ -31,13 +31,14 @@ Kinds:
 from __future__ import annotations
 
 import math
-import numbers
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from swan_policy.budget._checks import _check_fraction, _check_positive, _is_number
 
 DEFAULT_LEVELS: tuple[float, ...] = (1.0, 0.75, 0.5, 0.25)
 KINDS = ("fixed", "deadline", "adaptive", "schedule")
@@ -574,24 +575,6 @@ def make_scheduler(spec: Mapping[str, Any] | str) -> Scheduler:
     except (ValueError, TypeError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ValueError(f"scheduler.{msg}") from None
-
-
-def _is_number(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, numbers.Real)
-
-
-def _check_fraction(name: str, value: Any) -> None:
-    if not _is_number(value):
-        raise ValueError(f"{name}: expected a number in (0, 1], got {value!r}")
-    if not 0.0 < float(value) <= 1.0:
-        raise ValueError(f"{name}: must be in (0, 1], got {value!r}")
-
-
-def _check_positive(name: str, value: Any) -> None:
-    if not _is_number(value):
-        raise ValueError(f"{name}: expected a number, got {value!r}")
-    if not (float(value) > 0.0 and math.isfinite(value)):
-        raise ValueError(f"{name}: must be finite and > 0, got {value!r}")
 
 
 def _as_unit_float(x: np.ndarray) -> np.ndarray:

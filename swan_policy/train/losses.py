@@ -28,9 +28,9 @@ class CompiledForward:
 
     Inductor fuses the gates' elementwise work (mask, multiply, straight-through backward)
     into few kernels: on 2 CPU cores a sandwich BC step ran 1.5x faster (docs/results.md).
-    It compiles once per budget the step uses (1, b_min and the ladder's levels: a few
-    tens of seconds in all). Where compiling fails -- no C++ compiler on a CPU machine,
-    no Triton on a GPU one -- it logs why and the run goes on in eager mode.
+    It compiles once per budget the step uses (1, b_min and the ladder's levels). Where
+    compiling fails -- no C++ compiler on a CPU machine, no Triton on a GPU one -- it logs
+    why and the run goes on in eager mode.
     """
 
     def __init__(self, policy: SwanPolicy, backend: Any = "inductor") -> None:
