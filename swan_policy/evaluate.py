@@ -1,10 +1,16 @@
 """Rollouts in simulation: evaluation metrics, DAgger data, gate statistics, videos.
 
 One rollout engine serves evaluation and DAgger. Environments run in SB3 vector envs
-(``SubprocVecEnv`` with ``workers > 1``); the policy runs batched in this process.
+(``SubprocVecEnv`` with ``workers > 1``); the policy runs in this process.
 Episodes are played in *waves*: wave ``w`` resets its ``n`` envs with seeds
 ``seed + w*n + i``, so episode ``j`` always starts from seed ``seed + j`` whatever the
 number of workers -- every arm of a comparison sees the same evaluation episodes.
+
+By default each env's observation is forwarded alone (batch 1, as on the robot). A
+batched forward rounds each sample differently depending on the other samples in the
+batch (~1e-6); a hard gate near its threshold or a closed-loop rollout turns that into
+a different episode, so evaluation results would depend on the number of workers.
+DAgger rollouts (``batched=True``) trade that for one forward per budget per step.
 """
 
 from __future__ import annotations
@@ -117,18 +123,17 @@ def run_episodes(
     rng: np.random.Generator | None = None,
     on_episode: Callable[[Episode], None] | None = None,
     scheduler: SchedulerSpec | Callable[[], Scheduler] | None = None,
+    batched: bool = False,
 ) -> list[Episode]:
-    """Play ``episodes`` episodes with the policy (batched over the vector env).
+    """Play ``episodes`` episodes with the policy.
 
     With a ``scheduler``, every env has its own instance (reset at each episode start)
     that picks the budget of each of its steps from a :class:`StepInfo` (its
     observation, its previous action, the gate-score margin of its previous forward,
     the latency of that forward, the expert's phase when the vec env carries labels).
-    Each step, the envs are grouped by budget and each group is one batched forward,
-    so per-env budgets cost one forward per distinct level, not per env. The latency
-    an env reports is its group's forward time (batched, so it is a simulation
-    stand-in for the robot's batch-1 latency; the deadline scheduler then reacts to
-    wall-clock time and is not reproducible run to run).
+    The latency an env reports is its own batch-1 forward time (its group's with
+    ``batched``); the deadline scheduler reacts to wall-clock time and is not
+    reproducible run to run.
 
     Args:
         policy: acts on every env each step (deterministic).
@@ -143,6 +148,10 @@ def run_episodes(
         on_episode: called as each episode finishes (progress bars).
         scheduler: a scheduler config (see :func:`make_scheduler`) or a factory
             returning a fresh :class:`Scheduler`.
+        batched: one forward per distinct budget over every env, finished ones
+            included (faster with many workers; the actions then depend on the batch,
+            see the module docstring). Otherwise each running env is forwarded alone,
+            and the gate statistics count running envs' steps only.
     """
     n = vec.num_envs
     rng = rng or np.random.default_rng(seed)
@@ -194,7 +203,8 @@ def run_episodes(
                 budgets[~np.array(running)] = budgets[running.index(True)]
             else:
                 budgets = np.full(n, budget(obs) if callable(budget) else budget)
-            actions, step_macs, margin, latency = act_grouped(policy, obs, budgets)
+            live = None if batched else np.array(running)
+            actions, step_macs, margin, latency = act_grouped(policy, obs, budgets, live)
             labelled = EXPERT_ACTION in infos[0]  # vec env made with labels=True
             if (collect and labelled) or beta > 0:
                 expert = np.stack([info[EXPERT_ACTION] for info in infos])
@@ -230,9 +240,14 @@ def run_episodes(
 
 
 def act_grouped(
-    policy: SwanPolicy, obs: dict[str, np.ndarray], budgets: np.ndarray
+    policy: SwanPolicy,
+    obs: dict[str, np.ndarray],
+    budgets: np.ndarray,
+    live: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per-sample budgets: one batched forward per distinct budget.
+    """Per-sample budgets: one batched forward per distinct budget, or, with a ``live``
+    mask, one batch-1 forward per live sample (its action then does not depend on the
+    other samples; samples not live get a zero action, 0 MACs, NaN margin and latency).
 
     Returns:
         ``(actions [n, A], executed MACs [n], gate-score margin [n], latency ms [n])``;
@@ -242,8 +257,13 @@ def act_grouped(
     n = len(budgets)
     actions = np.zeros((n, policy.action_dim), dtype=np.float32)
     macs, margin, latency = np.zeros(n), np.full(n, np.nan), np.zeros(n)
-    for b in np.unique(budgets):
-        idx = np.flatnonzero(budgets == b)
+    if live is None:
+        groups = [np.flatnonzero(budgets == b) for b in np.unique(budgets)]
+    else:
+        latency[:] = np.nan
+        groups = [np.array([i]) for i in np.flatnonzero(live)]
+    for idx in groups:
+        b = budgets[idx[0]]
         sub = obs if idx.size == n else {k: v[idx] for k, v in obs.items()}
         start = time.perf_counter()
         actions[idx] = act_batch(policy, sub, float(b))

@@ -41,21 +41,21 @@ def calibration_rollouts(
         check_spaces(policy, probe)
     finally:
         probe.close()
-    seen: list[dict[str, np.ndarray]] = []
-
-    def capture(obs: dict[str, np.ndarray]) -> float:
-        seen.append({k: np.array(v, copy=True) for k, v in obs.items()})
-        return 1.0
-
     vec = make_vec_env(cfg.env, min(workers, episodes))
     was_training = policy.training
     policy.eval()
     try:
-        run_episodes(policy, vec, episodes, seed, budget=capture)
+        # the running envs' observations only, in episode order: the same whatever
+        # the number of workers
+        eps = run_episodes(policy, vec, episodes, seed, 1.0, collect=True)
     finally:
         vec.close()
         policy.train(was_training)
-    return {k: np.concatenate([s[k] for s in seen]) for k in seen[0]}
+    eps.sort(key=lambda e: e.seed)
+    return {
+        k: np.concatenate([np.stack(e.obs[k]) for e in eps if e.obs is not None])
+        for k in policy.obs_spec.entries
+    }
 
 
 def closed_loop(

@@ -212,6 +212,7 @@ def dagger_round(
                     beta=beta,
                     rng=rng,
                     on_episode=progress,
+                    batched=True,
                 )
     finally:
         vec.close()

@@ -136,3 +136,31 @@ def test_swan_eval_sweep_writes_table_json_and_plot(
     assert adaptive["scheduler"]["kind"] == "adaptive"
     assert max(adaptive["episode_mean_budget"]) <= 0.4 + 1e-9
     assert (run / "eval_sweep.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluation_and_calibration_do_not_depend_on_the_worker_count() -> None:
+    """Each env is forwarded alone: a batched forward rounds a sample differently with
+    other samples beside it, and finished envs' steps used to enter the gate statistics
+    and the ladder's calibration set, so results moved with ``workers``. The
+    calibration set is every observation of the rollouts: equal arrays mean equal
+    trajectories."""
+    from swan_policy.config import EnvConfig, ExperimentConfig
+    from swan_policy.evaluate import evaluate_policy
+    from swan_policy.export.pipeline import calibration_rollouts
+
+    torch.manual_seed(0)
+    policy = SwanPolicy(tiny_config(image_hw=(32, 32), proprio_dim=6))
+    env = EnvConfig(id="swan_envs/Reach-v0", kwargs={"width": 32, "height": 32})
+    by_workers = {w: evaluate_policy(policy, env, 3, [1.0, 0.5], workers=w) for w in (1, 2)}
+    for one, two in zip(by_workers[1], by_workers[2], strict=True):
+        assert one.success_rate == two.success_rate and one.length_mean == two.length_mean
+        # SB3's DummyVecEnv (1 worker) stores rewards as float32, SubprocVecEnv float64
+        assert one.return_mean == pytest.approx(two.return_mean, rel=1e-6)
+        assert one.episode_mean_macs == two.episode_mean_macs
+        assert one.macs_per_step == two.macs_per_step
+        assert one.active_fraction == two.active_fraction
+    cfg = ExperimentConfig(env=env)
+    calib = {w: calibration_rollouts(policy, cfg, 3, 0, w) for w in (1, 2)}
+    assert calib[1].keys() == calib[2].keys()
+    for k in calib[1]:
+        np.testing.assert_array_equal(calib[1][k], calib[2][k])
