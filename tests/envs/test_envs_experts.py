@@ -11,7 +11,7 @@ import pytest
 
 import swan_envs
 from swan_envs.experts import Expert, make_expert
-from swan_envs.pick_place import PickPlaceEnv
+from swan_envs.pick_place import CUBE_HALF, PickPlaceEnv
 
 
 def _run(env: gym.Env[Any, Any], expert: Expert, seed: int) -> tuple[bool, list[str]]:
@@ -200,4 +200,29 @@ def test_pick_place_height_label_is_smooth_in_the_horizontal_error() -> None:
         labels.append(expert(obs)[2])
     assert labels[0] < -0.3 and labels[-1] > 0.3  # down over the cube, up when off to one side
     assert np.abs(np.diff(labels)).max() <= 0.08
+    env.close()
+
+
+def test_pick_place_expert_lowers_and_lets_go_anywhere_within_15_mm_of_the_target() -> None:
+    """The success radius is 30 mm. Holding the cube 12 mm off the target's centre, a
+    few mm above the table, the expert must say "down" (its place funnel was 8 mm wide:
+    it said "hover", and a learner that centred to ~1 cm hovered until the time-out);
+    resting there, it must let go."""
+    env = gym.make("swan_envs/PickPlace-v0", width=32, height=32)
+    expert = make_expert(env)
+    obs, _ = env.reset(seed=0)
+    base = cast(PickPlaceEnv, env.unwrapped)
+    while expert.phase != "carry":  # the expert grasps and starts lifting
+        obs, *_ = env.step(expert(obs))
+    grip_offset = base.cube_pos - base.tcp
+    for dz, want_down, want_open in [(0.006, True, False), (0.0, False, True)]:
+        cube = np.array([*(base.target + [0.012, 0.0]), CUBE_HALF + dz])  # dz above the table
+        base.data.qpos[7:10] += cube - grip_offset - base.tcp
+        base.data.qpos[0:3] = cube
+        base.data.qvel[:] = 0.0
+        mujoco.mj_forward(base.model, base.data)
+        label = expert(obs)
+        assert expert.phase == "place"
+        assert (label[2] < -0.1) == want_down, label
+        assert (label[3] < 0) == want_open, label
     env.close()
