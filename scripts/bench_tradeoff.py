@@ -51,6 +51,7 @@ from swan_policy.evaluate import BudgetResult, evaluate_policy
 from swan_policy.export.pipeline import calibration_rollouts
 from swan_policy.policy import SwanPolicy
 from swan_policy.train.checkpoint import latest_checkpoint
+from swan_policy.train.finetune import PLAIN, finetune_config
 from swan_policy.train.imitation import total_steps, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,22 +84,6 @@ def config_for(args: argparse.Namespace, seed: int, *extra: str) -> ExperimentCo
         ]
     return load_config(
         args.config or REPO / TASK_CONFIGS[args.task], [*overrides, *args.overrides, *extra]
-    )
-
-
-def finetune_config(args: argparse.Namespace, seed: int, plain: Sequence[str]) -> ExperimentConfig:
-    """BC fine-tuning of a cut-down dense model: ``--finetune-frac`` of the training steps
-    at ``--finetune-lr-scale`` times the learning rate, on the demos (no DAgger)."""
-    full = config_for(args, seed, *plain)
-    steps = max(1, round(args.finetune_frac * total_steps(full)))
-    return config_for(
-        args,
-        seed,
-        *plain,
-        "method=bc",
-        f"bc.steps={steps}",
-        f"bc.warmup_steps={min(full.bc.warmup_steps, steps // 10)}",
-        f"bc.lr={full.bc.lr * args.finetune_lr_scale}",
     )
 
 
@@ -203,8 +188,8 @@ def run_seed(seed: int, args: argparse.Namespace, console: Console) -> list[dict
     finally:
         env.close()
     # the static baselines: no gates, one budget per step
-    plain = ["bc.sandwich=false", "policy.gate.sparsity_weight=0", "policy.gate.enabled=false"]
-    fcfg = finetune_config(args, seed, plain)
+    plain = PLAIN
+    fcfg = finetune_config(cfg, args.finetune_frac, args.finetune_lr_scale)
 
     def finetuned(arm: str, b: float, init: SwanPolicy, run: str, samples_before: int) -> None:
         """Fine-tune a cut-down model (``fcfg``) and add its row."""

@@ -53,13 +53,19 @@ def _data_section(blob: bytes) -> bytes:
     return blob[8 + int.from_bytes(blob[:8], "little") :]
 
 
+def tensors_hash(tensors: Mapping[str, Tensor]) -> str:
+    """SHA-256 of the tensors' safetensors data section (what :func:`save_tensors` stores)."""
+    data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    return hashlib.sha256(_data_section(save(data))).hexdigest()
+
+
 def save_tensors(
     path: Path, tensors: Mapping[str, Tensor], metadata: dict[str, str] | None = None
 ) -> None:
     """Atomically save tensors as safetensors (contiguous CPU copies) with a data checksum."""
     data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    # the data section does not depend on the metadata: serialise, hash, serialise again
-    digest = hashlib.sha256(_data_section(save(data))).hexdigest()
+    # the data section does not depend on the metadata: hash it, then serialise with it
+    digest = tensors_hash(data)
     blob = save(data, metadata={**(metadata or {}), SHA256_KEY: digest})
     atomic_write(path, lambda tmp: tmp.write_bytes(blob))
 

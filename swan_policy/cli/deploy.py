@@ -162,6 +162,17 @@ def export(
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the report as JSON.")
     ] = None,
+    finetune: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Fine-tune each level by BC on the run's demos for this fraction of the "
+            "run's training steps before exporting it (0: ship the levels as cut).",
+        ),
+    ] = 0.0,
+    finetune_lr_scale: Annotated[
+        float, typer.Option(help="Fine-tuning lr / the run's lr (> 0).")
+    ] = 0.3,
 ) -> None:
     """Export a trained run to an ONNX bundle: one verified dense graph per budget level."""
     import json
@@ -194,6 +205,8 @@ def export(
             eval_episodes=episodes,
             workers=workers,
             overwrite=overwrite,
+            finetune=finetune,
+            finetune_lr_scale=finetune_lr_scale,
             log=lambda m: console.print(m, highlight=False),
             on_level=lambda r: console.print(
                 f"level {r.budget:g}: exported, checker + parity ok", highlight=False
@@ -208,6 +221,9 @@ def export(
     table = Table(title=f"{out}: {len(report.levels)} levels, gates {report.gates}")
     for col in ("level", "units per layer", "MMACs", "of full", "KB", "parity max |diff|"):
         table.add_column(col, justify="right", overflow="fold")
+    tuned = summary["finetuned"] or {}
+    if tuned:
+        table.add_column("fine-tuned", justify="right")
     if closed:
         table.add_column(f"success ({episodes} ep)", justify="right")
         table.add_column("p50 ms", justify="right")
@@ -222,6 +238,9 @@ def export(
             f"{r.bytes / 1024:.0f}",
             f"{max(r.parity.values()):.1e}",
         ]
+        if tuned:
+            t = tuned.get(f"{r.budget:g}")
+            row.append("-" if t is None else f"{t['steps']} steps")
         if closed:
             c = closed[f"{r.budget:g}"]
             row += [f"{c['success_rate']:.0%}", f"{c['p50_ms']:.3f}"]

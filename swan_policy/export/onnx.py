@@ -229,6 +229,7 @@ class LevelReport:
     bytes: int
     parity: dict[str, float]
     int8: dict[str, Any] | None = None
+    finetuned: dict[str, Any] | None = None  # what fine-tuned the level, if anything
 
 
 @dataclass
@@ -258,6 +259,7 @@ def export_bundle(
     atol: float = PARITY_ATOL,
     name: str | None = None,
     on_level: Callable[[LevelReport], None] | None = None,
+    finetuned: Mapping[float, tuple[SwanPolicy, Mapping[str, Any]]] | None = None,
 ) -> BundleReport:
     """Export every ladder level (and optionally the gated model) into a bundle.
 
@@ -277,6 +279,9 @@ def export_bundle(
         atol: parity tolerance.
         name: bundle name (default: the directory name).
         on_level: called after each level is exported and verified.
+        finetuned: ``{level: (model, info)}``: export ``model`` (the level fine-tuned,
+            :mod:`swan_policy.train.finetune`; same units, folded gates) instead of
+            the level as cut from ``policy``; ``info`` goes into the manifest entry.
 
     Raises:
         ExportError: verification failed; FileExistsError: ``out`` exists.
@@ -288,6 +293,11 @@ def export_bundle(
     unknown = [b for b in chosen if b not in ladder.levels]
     if unknown:
         raise ValueError(f"levels {unknown} are not in the ladder's levels {list(ladder.levels)}")
+    finetuned = dict(finetuned or {})
+    if finetuned and gates != "folded":
+        raise ValueError(
+            "fine-tuned levels are plain dense models: export them with gates='folded'"
+        )
     policy = quiet(policy.eval())
     inputs = parity_inputs(policy, real_obs)
     spec = policy.obs_spec
@@ -308,6 +318,15 @@ def export_bundle(
         reports: list[LevelReport] = []
         for b in sorted(chosen, reverse=True):
             level = level_policy(policy, ladder, b, gates=gates)
+            tuned_info = None
+            if b in finetuned:
+                tuned, tuned_info = finetuned[b]
+                if tuned.config != level.config:
+                    raise ValueError(
+                        f"fine-tuned level {b:g}: its architecture is not the level's "
+                        f"({tuned.config} != {level.config})"
+                    )
+                level = quiet(tuned.eval())
             # folded levels export the fused dense graph; parity is checked against the
             # policy's own (unfused) forward either way
             reference = PolicyGraph(level, margin=gates == "kept")
@@ -325,11 +344,13 @@ def export_bundle(
                     "macs": str(macs),
                     "units": json.dumps(units),
                     "outputs": json.dumps(graph.output_names),
+                    "finetuned": json.dumps(tuned_info),
                 },
             )
             check_graph(tmp / fname)
             parity = check_parity(reference, tmp / fname, inputs, atol=atol)
             rep = LevelReport(b, fname, units, macs, (tmp / fname).stat().st_size, parity, None)
+            rep.finetuned = None if tuned_info is None else dict(tuned_info)
             if int8:
                 rep.int8 = quantize_level(tmp / fname, tmp / level_file(b, ".int8"), inputs, graph)
             reports.append(rep)
@@ -382,6 +403,8 @@ def _level_entry(root: Path, r: LevelReport) -> dict[str, Any]:
     }
     if r.int8 is not None:
         entry["int8"] = {**r.int8, "sha256": sha256_file(root / r.int8["file"])}
+    if r.finetuned is not None:
+        entry["finetuned"] = r.finetuned
     return entry
 
 

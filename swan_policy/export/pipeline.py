@@ -5,9 +5,11 @@
    (:func:`swan_policy.budget.ladder.calibrate_ladder`) and the "real" observations
    of the parity check. The ladder is saved beside the run (``runs/<name>/ladder.json``)
    and copied into the bundle.
-2. **Export** of every level (:func:`swan_policy.export.onnx.export_bundle`), with the
+2. **Fine-tuning** (optional, ``finetune > 0``): each level, cut from the policy with its
+   gates folded, is fine-tuned by BC on the run's demos (:mod:`swan_policy.train.finetune`).
+3. **Export** of every level (:func:`swan_policy.export.onnx.export_bundle`), with the
    checker and parity asserted.
-3. **Closed-loop evaluation** (optional, ``eval_episodes > 0``; required by ``int8``):
+4. **Closed-loop evaluation** (optional, ``eval_episodes > 0``; required by ``int8``):
    each level runs in the simulator through the deploy runtime (onnxruntime, the same
    code as on the robot), episodes ``eval_seed + i``. An int8 graph is kept only if its
    success rate is within ``int8_tolerance`` (2 points) of its fp32 level's.
@@ -21,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from swan_policy.budget.ladder import LADDER_NAME, GateHandling, calibrate_ladder
+from swan_policy.budget.ladder import LADDER_NAME, GateHandling, calibrate_ladder, level_policy
 from swan_policy.config import ExperimentConfig
 from swan_policy.export.onnx import BundleReport, LevelReport, export_bundle, set_int8_verdicts
 from swan_policy.policy import SwanPolicy
@@ -105,8 +107,17 @@ def export_run(
     overwrite: bool = False,
     log: Callable[[str], None] = print,
     on_level: Callable[[LevelReport], None] | None = None,
+    finetune: float = 0.0,
+    finetune_lr_scale: float = 0.3,
+    show: bool = True,
 ) -> tuple[BundleReport, dict[str, Any]]:
-    """Calibrate, export and (optionally) evaluate; returns the report and a summary.
+    """Calibrate, (optionally) fine-tune each level, export and (optionally) evaluate;
+    returns the report and a summary.
+
+    With ``finetune > 0`` each level, cut from the policy and its gates folded, is
+    fine-tuned by BC on the run's demos for that fraction of the run's training steps
+    (:mod:`swan_policy.train.finetune`; runs under ``runs/<name>/finetune/``, reused
+    when nothing changed), and the fine-tuned model is what the bundle ships.
 
     Raises:
         ValueError: ``int8`` without closed-loop episodes, or a bad level.
@@ -114,6 +125,10 @@ def export_run(
     """
     if int8 and eval_episodes < 1:
         raise ValueError("--int8 needs --eval-episodes >= 1 (int8 is judged closed-loop)")
+    if finetune < 0:
+        raise ValueError(f"--finetune: must be >= 0, got {finetune:g}")
+    if finetune > 0 and gates != "folded":
+        raise ValueError("--finetune makes plain dense levels: it needs --gates folded")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"--out: {out} exists (pass --overwrite to replace it)")
     log(f"calibration: {calib_episodes} rollouts of {cfg.env.id} at budget 1.0")
@@ -127,6 +142,16 @@ def export_run(
     )
     ladder.save(run / LADDER_NAME)
     log(f"ladder: {n} observations, saved to {run / LADDER_NAME}")
+    tuned: dict[float, tuple[SwanPolicy, dict[str, Any]]] = {}
+    if finetune > 0:
+        from swan_policy.train.finetune import finetune as finetune_level
+        from swan_policy.train.finetune import finetune_config
+
+        fcfg = finetune_config(cfg, finetune, finetune_lr_scale)
+        for b in sorted(ladder.levels, reverse=True):
+            log(f"fine-tune level {b:g}: {fcfg.bc.steps} BC steps on {fcfg.demos.path}")
+            level = level_policy(policy, ladder, b, "folded")
+            tuned[b] = finetune_level(level, fcfg, run / "finetune" / f"level_{b:g}", show)
     report = export_bundle(
         policy,
         ladder,
@@ -138,8 +163,14 @@ def export_run(
         int8=int8,
         overwrite=overwrite,
         on_level=on_level,
+        finetuned=tuned,
     )
-    summary: dict[str, Any] = {"calibration_steps": n, "closed_loop": None, "int8": None}
+    summary: dict[str, Any] = {
+        "calibration_steps": n,
+        "finetuned": {f"{b:g}": info for b, (_, info) in tuned.items()} or None,
+        "closed_loop": None,
+        "int8": None,
+    }
     if eval_episodes > 0:
         log(f"closed loop: {eval_episodes} episodes per level (onnxruntime, seeds {eval_seed}+)")
         fp32 = closed_loop(out, cfg, ladder.levels, eval_episodes, eval_seed)
