@@ -168,7 +168,10 @@ class PickPlaceExpert(Expert):
             xy_err = float(np.linalg.norm(target - tcp[:2]))
             self.phase = "place" if xy_err <= sum(self.place_funnel) else "carry"
             if resting and xy_err <= self.place_funnel[0]:  # down on the target: let go
-                goal, grip = np.array([*tcp[:2], self.carry_height]), -1.0
+                # ... still pressing down: a label that went up here, a few mm from
+                # states labelled "down" (held just above the table), taught a learner
+                # the average: hover there (backing off waits until the fingers are open)
+                goal, grip = np.array([*tcp[:2], self.rest_z]), -1.0
         else:
             xy_err = float(np.linalg.norm(cube[:2] - tcp[:2]))
             opened = bool(np.all(env.fingers < 0.01))

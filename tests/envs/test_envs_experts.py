@@ -207,7 +207,8 @@ def test_pick_place_expert_lowers_and_lets_go_anywhere_within_15_mm_of_the_targe
     """The success radius is 30 mm. Holding the cube 12 mm off the target's centre, a
     few mm above the table, the expert must say "down" (its place funnel was 8 mm wide:
     it said "hover", and a learner that centred to ~1 cm hovered until the time-out);
-    resting there, it must let go."""
+    resting there, it must let go and keep pressing down (it used to say "up" there, a
+    few mm from the "down" states: the learner hovered between them)."""
     env = gym.make("swan_envs/PickPlace-v0", width=32, height=32)
     expert = make_expert(env)
     obs, _ = env.reset(seed=0)
@@ -215,7 +216,7 @@ def test_pick_place_expert_lowers_and_lets_go_anywhere_within_15_mm_of_the_targe
     while expert.phase != "carry":  # the expert grasps and starts lifting
         obs, *_ = env.step(expert(obs))
     grip_offset = base.cube_pos - base.tcp
-    for dz, want_down, want_open in [(0.006, True, False), (0.0, False, True)]:
+    for dz, want_down, want_open in [(0.006, True, False), (0.0, True, True)]:
         cube = np.array([*(base.target + [0.012, 0.0]), CUBE_HALF + dz])  # dz above the table
         base.data.qpos[7:10] += cube - grip_offset - base.tcp
         base.data.qpos[0:3] = cube
@@ -223,6 +224,6 @@ def test_pick_place_expert_lowers_and_lets_go_anywhere_within_15_mm_of_the_targe
         mujoco.mj_forward(base.model, base.data)
         label = expert(obs)
         assert expert.phase == "place"
-        assert (label[2] < -0.1) == want_down, label
+        assert (label[2] < -0.05) == want_down, label
         assert (label[3] < 0) == want_open, label
     env.close()
