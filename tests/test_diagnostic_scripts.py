@@ -39,3 +39,7 @@ def test_failure_distances_runs(reference_run: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["episodes"] == 2 and 0 <= summary["failures"] <= 2
+    assert len(summary["rows"]) == summary["failures"]
+    for row in summary["rows"]:  # Reach: 2 action dims, the expert's one phase
+        assert len(row["tail_policy"]) == len(row["tail_expert"]) == 2
+        assert row["tail_phases"] == ["reach"]
