@@ -5,6 +5,11 @@ For each seed, runs ``swan train`` (BC + DAgger as the config says) into
 episodes at each budget; reports success rate, return and MACs per step as mean ± std
 over seeds, as a rich table and JSON.
 
+Each seed's evaluation is also kept in its run (``bench_eval.json``) and reused by a later
+call with the same episodes, budgets and evaluation seed (the evaluator plays the same
+episodes whatever the worker count), so seeds trained by separate processes in parallel
+are aggregated by one more call over all of them without evaluating again.
+
     python scripts/bench_imitation.py --config configs/reach_bc.yaml --seeds 0 1 2 --episodes 50
 """
 
@@ -54,21 +59,28 @@ def main() -> None:
                 shutil.rmtree(run)
             train(cfg, run, show=True)
         minutes = (time.perf_counter() - t0) / 60
-        policy = load_run_policy(run, "best")
-        results = evaluate_policy(
-            policy, cfg.env, args.episodes, args.budgets, args.workers, cfg.eval.seed
-        )
-        per_seed.append(
-            {
+        key = {"episodes": args.episodes, "budgets": args.budgets, "eval_seed": cfg.eval.seed}
+        cache = run / "bench_eval.json"
+        entry = json.loads(cache.read_text()) if cache.is_file() else None
+        if entry is None or entry["key"] != key:
+            policy = load_run_policy(run, "best")
+            results = evaluate_policy(
+                policy, cfg.env, args.episodes, args.budgets, args.workers, cfg.eval.seed
+            )
+            entry = {
+                "key": key,
                 "seed": seed,
                 "run": str(run),
                 "train_minutes": minutes,
                 "results": [r.to_json() for r in results],
                 "dense_macs": policy.dense_macs(),
             }
+            cache.write_text(json.dumps(entry, indent=2))
+        per_seed.append({k: v for k, v in entry.items() if k != "key"})
+        line = ", ".join(
+            f"b={r['budget']:g}: {r['success_rate']:.0%}" for r in per_seed[-1]["results"]
         )
-        line = ", ".join(f"b={r.budget:g}: {r.success_rate:.0%}" for r in results)
-        console.print(f"seed {seed}: {line} ({minutes:.1f} min)")
+        console.print(f"seed {seed}: {line} ({per_seed[-1]['train_minutes']:.1f} min)")
     cfg = load_config(args.config, args.overrides)
     table = Table(title=f"{cfg.env.id}: {len(args.seeds)} seeds x {args.episodes} episodes")
     for col in ("budget", "success (mean ± std)", "return", "MMACs/step", "of dense"):

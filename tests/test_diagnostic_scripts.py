@@ -43,3 +43,35 @@ def test_failure_distances_runs(reference_run: Path) -> None:
     for row in summary["rows"]:  # Reach: 2 action dims, the expert's one phase
         assert len(row["tail_policy"]) == len(row["tail_expert"]) == 2
         assert row["tail_phases"] == ["reach"]
+
+
+def test_bench_imitation_keeps_each_seeds_evaluation_and_reuses_it(
+    reference_run: Path, tmp_path: Path
+) -> None:
+    """Seeds trained in parallel processes are aggregated by one more call: a finished
+    seed's evaluation is read back, not played again, unless the episodes change."""
+    import shutil
+
+    from swan_policy.train.checkpoint import latest_checkpoint
+    from tests.reliability._runs import CONFIG, set_args, tiny_policy
+
+    run = tmp_path / "out" / "reach_bc-seed0"
+    shutil.copytree(reference_run, run)
+    last = latest_checkpoint(run)
+    assert last is not None
+    shutil.copytree(last, run / "best")  # a finished run: the bench does not train it
+    args = ["--config", CONFIG, "--seeds", "0", "--budgets", "1", "0.5", "--workers", "1"]
+    args += ["--out", str(tmp_path / "out"), *set_args(tiny_policy(16, hidden="[8]"))]
+
+    def bench(episodes: int) -> tuple[dict, int]:
+        proc = _script("bench_imitation.py", *args, "--episodes", str(episodes))
+        assert proc.returncode == 0, proc.stderr
+        summary = json.loads((tmp_path / "out" / "reach_bc.json").read_text())
+        return summary, (run / "bench_eval.json").stat().st_mtime_ns
+
+    first, stamp = bench(1)
+    assert [r["budget"] for r in first["seeds"][0]["results"]] == [1.0, 0.5]
+    again, stamp_again = bench(1)
+    assert again == first and stamp_again == stamp  # read back, not evaluated again
+    more, stamp_more = bench(2)
+    assert stamp_more != stamp and more["seeds"][0]["results"][0]["episodes"] == 2
