@@ -28,6 +28,11 @@ from swan_policy.config import load_config
 from swan_policy.envs import make_env
 
 
+def mean_rounded(rows: list[np.ndarray]) -> list[float]:
+    """Per-dimension mean of ``rows`` to 2 decimals (float64: no float32 digits)."""
+    return [round(float(v), 2) for v in np.mean(rows, axis=0, dtype=np.float64)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, required=True)
@@ -65,8 +70,8 @@ def main() -> None:
                         "min": min(dist),
                         "min_step": int(np.argmin(dist)) + 1,
                         "final": dist[-1],
-                        "tail_policy": np.mean(acts[tail], axis=0).round(2).tolist(),
-                        "tail_expert": np.mean(labels[tail], axis=0).round(2).tolist(),
+                        "tail_policy": mean_rounded(acts[tail]),
+                        "tail_expert": mean_rounded(labels[tail]),
                         "tail_phases": sorted(set(phases[tail])),
                     }
                 )
