@@ -8,9 +8,10 @@ number of workers -- every arm of a comparison sees the same evaluation episodes
 
 By default each env's observation is forwarded alone (batch 1, as on the robot). A
 batched forward rounds each sample differently depending on the other samples in the
-batch (~1e-6); a hard gate near its threshold or a closed-loop rollout turns that into
-a different episode, so evaluation results would depend on the number of workers.
-DAgger rollouts (``batched=True``) trade that for one forward per budget per step.
+batch (in the last bits of float32); a hard gate near its threshold or a closed-loop
+rollout turns that into a different episode, so evaluation results would depend on the
+number of workers. DAgger rollouts (``batched=True``) trade that for one forward per
+budget per step.
 """
 
 from __future__ import annotations
