@@ -129,6 +129,11 @@ def export_run(
         raise ValueError(f"--finetune: must be >= 0, got {finetune:g}")
     if finetune > 0 and gates != "folded":
         raise ValueError("--finetune makes plain dense levels: it needs --gates folded")
+    if finetune > 0 and cfg.method in ("ppo", "sac"):
+        raise ValueError(
+            f"--finetune trains on the run's demos by BC: it needs an imitation run, "
+            f"not method {cfg.method!r}"
+        )
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"--out: {out} exists (pass --overwrite to replace it)")
     log(f"calibration: {calib_episodes} rollouts of {cfg.env.id} at budget 1.0")

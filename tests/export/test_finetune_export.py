@@ -81,3 +81,14 @@ def test_swan_export_finetune_ships_the_finetuned_levels(
     bad = ["export", "--run", str(run), "--out", str(tmp_path / "b2"), "--gates", "kept"]
     assert main([*bad, "--finetune", "0.5", "--calib-episodes", "1", "--workers", "1"]) == 2
     assert "--finetune makes plain dense levels" in capsys.readouterr().err
+
+
+def test_export_run_refuses_to_finetune_an_rl_run(tmp_path: Path) -> None:
+    from swan_policy.export.pipeline import export_run
+    from tests.conftest import tiny_config
+
+    cfg = load_config("configs/reach_bc.yaml", ["method=ppo"])
+    policy = SwanPolicy(tiny_config())
+    with pytest.raises(ValueError, match="needs an imitation run, not method 'ppo'"):
+        export_run(policy, cfg, tmp_path, tmp_path / "b", levels=[1.0], finetune=0.25)
+    assert not (tmp_path / "b").exists()
