@@ -109,7 +109,6 @@ class Episode:
         return float(np.mean(self.macs)) if self.macs else float("nan")
 
 
-BudgetFn = Callable[[dict[str, np.ndarray]], float]
 SchedulerSpec = Mapping[str, Any] | str
 
 
@@ -118,7 +117,7 @@ def run_episodes(
     vec: Any,
     episodes: int,
     seed: int,
-    budget: float | BudgetFn = 1.0,
+    budget: float = 1.0,
     collect: bool = False,
     beta: float = 0.0,
     rng: np.random.Generator | None = None,
@@ -140,8 +139,7 @@ def run_episodes(
         policy: acts on every env each step (deterministic).
         vec: an SB3 vector env (see :func:`make_vec_env`; ``labels=True`` if collecting).
         episodes: how many episodes; episode ``j`` starts from seed ``seed + j``.
-        budget: a fixed budget, or a function of the batched observation (one budget
-            for the whole batch). Ignored when ``scheduler`` is given.
+        budget: the budget of every step. Ignored when ``scheduler`` is given.
         collect: keep the observations, and the expert's labels when the vec env
             carries them (DAgger; ``expert_actions`` stays empty otherwise).
         beta: probability of executing the expert's action instead (DAgger mixture).
@@ -203,7 +201,7 @@ def run_episodes(
                 # finished envs still step with the others: give them a budget in use
                 budgets[~np.array(running)] = budgets[running.index(True)]
             else:
-                budgets = np.full(n, budget(obs) if callable(budget) else budget)
+                budgets = np.full(n, budget)
             live = None if batched else np.array(running)
             actions, step_macs, margin, latency = act_grouped(policy, obs, budgets, live)
             labelled = EXPERT_ACTION in infos[0]  # vec env made with labels=True
