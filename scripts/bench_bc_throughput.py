@@ -28,7 +28,7 @@ from rich.table import Table
 
 from swan_policy.config import ExperimentConfig, load_config
 from swan_policy.policy import SwanPolicy
-from swan_policy.train.imitation import BCData, SandwichLoss, bc_update, lr_lambda
+from swan_policy.train.imitation import BCData, SandwichLoss, bc_update, lr_lambda, make_optimizer
 
 
 def make_arm(
@@ -53,7 +53,7 @@ def make_arm(
     loss = SandwichLoss(
         policy, over.policy.gate.sparsity_weight, over.bc.distill_weight, compile=compile
     )
-    opt = torch.optim.AdamW(policy.parameters(), lr=over.bc.lr)
+    opt = make_optimizer(policy, over)  # the training loop's optimizer
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(over, 10_000))
     return over, {"loss": loss, "opt": opt, "sched": sched}
 

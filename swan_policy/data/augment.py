@@ -9,9 +9,11 @@ from torch import Tensor
 def random_shift(pixels: Tensor, pad: int, generator: torch.Generator | None = None) -> Tensor:
     """DrQ random shift: translate each image by up to ``pad`` pixels, edges replicated.
 
-    Equivalent to replicate-padding by ``pad`` and randomly cropping back to ``H x W``
-    (Kostrikov et al. 2020; Yarats et al. 2021), done with clamped index gathers so it
-    works on uint8 ``[B, H, W, C]`` batches without a float copy.
+    Replicate-pads by ``pad`` and crops each image back to ``H x W`` at its random offset
+    (Kostrikov et al. 2020; Yarats et al. 2021), on uint8 ``[B, H, W, C]`` batches without
+    a float copy. The pad is written once and each crop is one contiguous-row copy: on
+    CPU ~6x faster than a per-pixel index gather of the same result, which took ~10 ms of
+    a ~40 ms BC step at batch 64 (docs/results.md).
 
     Args:
         pixels: ``[B, H, W, C]`` images (any dtype).
@@ -20,10 +22,15 @@ def random_shift(pixels: Tensor, pad: int, generator: torch.Generator | None = N
     """
     if pad <= 0:
         return pixels
-    b, h, w, _ = pixels.shape
-    device = pixels.device
-    shifts = torch.randint(-pad, pad + 1, (b, 2), generator=generator).to(device)
-    rows = (torch.arange(h, device=device)[None, :] + shifts[:, :1]).clamp(0, h - 1)
-    cols = (torch.arange(w, device=device)[None, :] + shifts[:, 1:]).clamp(0, w - 1)
-    batch = torch.arange(b, device=device)[:, None, None]
-    return pixels[batch, rows[:, :, None], cols[:, None, :]]
+    b, h, w, c = pixels.shape
+    shifts = torch.randint(-pad, pad + 1, (b, 2), generator=generator)
+    padded = pixels.new_empty(b, h + 2 * pad, w + 2 * pad, c)
+    padded[:, pad : pad + h, pad : pad + w] = pixels
+    padded[:, :pad, pad : pad + w] = pixels[:, :1]  # top and bottom rows replicated
+    padded[:, pad + h :, pad : pad + w] = pixels[:, -1:]
+    padded[:, :, :pad] = padded[:, :, pad : pad + 1]  # then the columns, corners included
+    padded[:, :, pad + w :] = padded[:, :, pad + w - 1 : pad + w]
+    out = torch.empty_like(pixels)
+    for i, (dy, dx) in enumerate((shifts + pad).tolist()):
+        out[i] = padded[i, dy : dy + h, dx : dx + w]
+    return out

@@ -138,6 +138,24 @@ class SandwichLoss(nn.Module):
         )
 
 
+def make_optimizer(policy: nn.Module, cfg: ExperimentConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters (frozen ones, a slimmable's gates, stay out).
+
+    The fused kernel where torch has one (CPU, CUDA): one pass over all parameters
+    instead of a loop of small ops per tensor -- the gated policy has twice as many
+    tensors (each gate network's weight and bias), and on CPU the per-tensor loop took
+    2.5 ms of its step against 0.65 ms fused (docs/results.md).
+    """
+    params = [p for p in policy.parameters() if p.requires_grad]
+    device = params[0].device.type if params else "cpu"
+    return torch.optim.AdamW(
+        params,
+        lr=cfg.bc.lr,
+        weight_decay=cfg.bc.weight_decay,
+        fused=device in ("cpu", "cuda"),
+    )
+
+
 def bc_update(
     loss_module: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -424,11 +442,7 @@ def train(
     )
     if ctx.world > 1:
         loss_module = nn.parallel.DistributedDataParallel(loss_module)
-    optimizer = torch.optim.AdamW(  # frozen parameters (a slimmable's gates) stay out
-        [p for p in policy.parameters() if p.requires_grad],
-        lr=cfg.bc.lr,
-        weight_decay=cfg.bc.weight_decay,
-    )
+    optimizer = make_optimizer(policy, cfg)
     n_total = total_steps(cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, n_total))
     if ckpt is not None:

@@ -107,13 +107,18 @@ def bc_sandwich_loss(
     target = policy.normalize_actions(actions.to(torch.float32))
     full = forward(obs, budgets[0], mode="masked")
     bc = F.mse_loss(full, target)
-    reg = policy.sparsity_loss()
+    loss = bc
+    if sparsity_weight > 0:
+        reg = policy.sparsity_loss()
+        loss = loss + sparsity_weight * reg
+    else:  # logged only: a zero-weighted term would still cost a backward pass per layer
+        with torch.no_grad():
+            reg = policy.sparsity_loss()
     info: dict[str, Any] = {
         "bc_loss": float(bc.detach()),
         "sparsity": float(reg.detach()),
         "active_fraction": policy.last_active_fraction(),
     }
-    loss = bc + sparsity_weight * reg
     teacher = full.detach()
     low_losses = []
     for b in budgets[1:]:

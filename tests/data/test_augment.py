@@ -27,3 +27,19 @@ def test_random_shift_is_an_edge_replicating_translation(pad: int, seed: int) ->
                 if torch.equal(out[b], img[b][rows][:, cols]):
                     found = True
         assert found
+
+
+@given(pad=st.integers(1, 4), seed=st.integers(0, 2**16))
+def test_random_shift_equals_the_clamped_index_gather_with_the_same_shifts(
+    pad: int, seed: int
+) -> None:
+    # the formulation the pad-and-crop replaced: same RNG draws, same pixels, so runs
+    # trained before and after the change see the same augmented batches
+    img = torch.randint(0, 256, (5, 12, 10, 3), generator=torch.Generator().manual_seed(seed))
+    img = img.to(torch.uint8)
+    out = random_shift(img, pad, torch.Generator().manual_seed(seed))
+    shifts = torch.randint(-pad, pad + 1, (5, 2), generator=torch.Generator().manual_seed(seed))
+    rows = (torch.arange(12)[None, :] + shifts[:, :1]).clamp(0, 11)
+    cols = (torch.arange(10)[None, :] + shifts[:, 1:]).clamp(0, 9)
+    expected = img[torch.arange(5)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    assert torch.equal(out, expected)
