@@ -115,6 +115,8 @@ class Scheduler:
     """
 
     kind = "base"
+    # constructor arguments that are stored under their own names: spec() reads them back
+    spec_fields: tuple[str, ...] = ()
 
     def __init__(self, levels: Sequence[float] = DEFAULT_LEVELS) -> None:
         self.levels = check_levels(levels)
@@ -138,7 +140,8 @@ class Scheduler:
 
     def spec(self) -> dict[str, Any]:
         """The config that rebuilds this scheduler with :func:`make_scheduler`."""
-        return {"kind": self.kind, "levels": list(self.levels)}
+        fields = {name: getattr(self, name) for name in self.spec_fields}
+        return {"kind": self.kind, "levels": list(self.levels), **fields}
 
     def _choose(self, step: StepInfo) -> float:
         raise NotImplementedError
@@ -196,6 +199,7 @@ class Deadline(Scheduler):
     """
 
     kind = "deadline"
+    spec_fields = ("deadline_ms", "window", "hysteresis", "up_after", "safety_ms")
 
     def __init__(
         self,
@@ -273,16 +277,6 @@ class Deadline(Scheduler):
             return up
         return current
 
-    def spec(self) -> dict[str, Any]:
-        return {
-            **super().spec(),
-            "deadline_ms": self.deadline_ms,
-            "window": self.window,
-            "hysteresis": self.hysteresis,
-            "up_after": self.up_after,
-            "safety_ms": self.safety_ms,
-        }
-
 
 class Adaptive(Scheduler):
     """More compute on hard steps, mean budget of every episode prefix <= ``target``.
@@ -323,6 +317,7 @@ class Adaptive(Scheduler):
     """
 
     kind = "adaptive"
+    spec_fields = ("target", "signal", "low", "high", "ema", "capacity", "initial")
 
     def __init__(
         self,
@@ -413,18 +408,6 @@ class Adaptive(Scheduler):
             b = min((a for a in affordable if a >= overflow), default=affordable[0])
         self.tokens = min(self.tokens - b, self.capacity)
         return b
-
-    def spec(self) -> dict[str, Any]:
-        return {
-            **super().spec(),
-            "target": self.target,
-            "signal": self.signal,
-            "low": self.low,
-            "high": self.high,
-            "ema": self.ema,
-            "capacity": self.capacity,
-            "initial": self.initial,
-        }
 
 
 class Schedule(Scheduler):
