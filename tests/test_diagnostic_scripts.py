@@ -75,3 +75,14 @@ def test_bench_imitation_keeps_each_seeds_evaluation_and_reuses_it(
     assert again == first and stamp_again == stamp  # read back, not evaluated again
     more, stamp_more = bench(2)
     assert stamp_more != stamp and more["seeds"][0]["results"][0]["episodes"] == 2
+
+
+def test_bench_bc_parts_times_both_formulations(tmp_path: Path) -> None:
+    # the script refuses to time two random shifts that give different pixels
+    out = tmp_path / "parts.json"
+    proc = _script("bench_bc_parts.py", "--reps", "2", "--batch", "4", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    parts = json.loads(out.read_text())["median_ms"]
+    assert len(parts) == 3  # the shift and the optimizer for both policies
+    for arms in parts.values():
+        assert len(arms) == 2 and all(ms > 0 for ms in arms.values())
