@@ -143,8 +143,8 @@ def make_optimizer(policy: nn.Module, cfg: ExperimentConfig) -> torch.optim.Adam
 
     The fused kernel where torch has one (CPU, CUDA): one pass over all parameters
     instead of a loop of small ops per tensor -- the gated policy has twice as many
-    tensors (each gate network's weight and bias), and on CPU the per-tensor loop took
-    2.5 ms of its step against 0.65 ms fused (docs/results.md).
+    tensors (each gate network's weight and bias); on one CPU thread its step took
+    2.4 ms as a loop and 0.6 ms fused (scripts/bench_bc_parts.py, docs/results.md).
     """
     params = [p for p in policy.parameters() if p.requires_grad]
     device = params[0].device.type if params else "cpu"
