@@ -5,21 +5,31 @@ Arms (the Reach policy of ``configs/reach_bc.yaml`` on 64x64 pixels, batch 64, 1
 * ``ungated``   -- gates disabled, the same widths;
 * ``gated``     -- gated, the package's layer (the fused ``relu(z) * g`` of
   ``layers._GatedReLU``: ``dz`` from one ``threshold_backward`` on the gated output,
-  ``dg`` from one ``vecdot``; the pooled gate input's gradient as a broadcast view);
+  ``dg`` from one ``vecdot``; the pooled gate input's gradient as a broadcast view;
+  under ``torch.compile`` the layer switches to ``layers._GatedReLUInductor``);
+* ``vecdot``    -- gated, ``layers._GatedReLU`` whether compiled or not (with
+  ``--compile``: the package before session 9);
 * ``autograd``  -- gated, the unfused composition (``relu(z) * g`` and ``x.mean``, autograd's
   backward; the package before session 4);
 * ``detached``  -- the package's layer with the gate network's pooled input detached;
 * ``head-only`` -- conv gates off, head gates on.
 
-Reports the minimum over repetitions (robust to a loaded machine) as a ratio to ``ungated``.
+Reports the minimum over repetitions (robust to a loaded machine) as a ratio to ``ungated``,
+and the median over repetitions of each arm's time over ``ungated``'s in the same
+repetition (the arms run back to back, so machine noise mostly cancels in the ratio).
+``--compile`` runs every arm's forward through ``torch.compile`` (Inductor), as
+``bc.compile`` does in training.
 
     python scripts/bench_gate_backward.py --reps 25
+    python scripts/bench_gate_backward.py --reps 40 --compile --arms ungated gated vecdot
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -53,8 +63,26 @@ def _detached(self: layers.GatedConv2d, x: Tensor, budget: float = 1.0) -> Any:
     return layers._GatedReLU.apply(z, g), g
 
 
+def _vecdot(self: layers.GatedConv2d, x: Tensor, budget: float = 1.0) -> Any:
+    z = self.conv(x)
+    if self.gate is None:
+        return F.relu(z), None
+    g = self.gate(self.gate_logits(x), budget)
+    return layers._GatedReLU.apply(z, g), g
+
+
 def _head_only(self: layers.GatedConv2d, x: Tensor, budget: float = 1.0) -> Any:
     return F.relu(self.conv(x)), None
+
+
+ARMS: dict[str, tuple[bool, Forward | None]] = {  # gated?, conv forward (None: package's)
+    "ungated": (False, None),
+    "gated": (True, None),
+    "vecdot": (True, _vecdot),
+    "autograd": (True, _autograd),
+    "detached": (True, _detached),
+    "head-only": (True, _head_only),
+}
 
 
 def main() -> None:
@@ -62,11 +90,15 @@ def main() -> None:
     parser.add_argument("--config", default="configs/reach_bc.yaml")
     parser.add_argument("--reps", type=int, default=25)
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--compile", action="store_true", help="torch.compile each arm.")
     args = parser.parse_args()
+    if "ungated" not in args.arms:
+        parser.error("--arms must include ungated (the reference)")
     torch.set_num_threads(1)
     cfg = load_config(args.config)
 
-    def make(gated: bool) -> SwanPolicy:
+    def make(gated: bool, forward: Forward | None) -> Callable[..., Tensor]:
         pc = cfg.policy.model_copy(
             update={
                 "image_hw": (64, 64),
@@ -77,41 +109,45 @@ def main() -> None:
             }
         )
         torch.manual_seed(0)
-        return SwanPolicy(pc).train()
+        policy = SwanPolicy(pc).train()
+        if forward is not None and policy.encoder is not None:
+            for conv in policy.encoder.convs:  # this arm's layers only
+                conv.forward = types.MethodType(forward, conv)  # type: ignore[method-assign]  # arm's variant
+        fn = policy.forward_normalized
+        return torch.compile(fn) if args.compile else fn
 
     gen = torch.Generator().manual_seed(0)
     b = args.batch
-    batch = {
-        "obs": {
-            "pixels": torch.randint(0, 256, (b, 64, 64, 3), generator=gen, dtype=torch.uint8),
-            "proprio": torch.randn(b, 6, generator=gen),
-        },
-        "actions": torch.rand(b, 2, generator=gen) * 2 - 1,
+    obs = {
+        "pixels": torch.randint(0, 256, (b, 64, 64, 3), generator=gen, dtype=torch.uint8),
+        "proprio": torch.randn(b, 6, generator=gen),
     }
-    default: Forward = layers.GatedConv2d.forward
-    arms: dict[str, tuple[SwanPolicy, Forward]] = {
-        "ungated": (make(False), default),
-        "gated": (make(True), default),
-        "autograd": (make(True), _autograd),
-        "detached": (make(True), _detached),
-        "head-only": (make(True), _head_only),
-    }
+    target = torch.rand(b, 2, generator=gen) * 2 - 1
+    arms = {name: make(*ARMS[name]) for name in args.arms}
+
+    def step(fn: Callable[..., Tensor]) -> None:
+        loss = F.mse_loss(fn(obs, 1.0, "masked"), target)
+        loss.backward()  # parameter .grad accumulates: the same work every step
+
+    for fn in arms.values():  # warm-up (compiles with --compile)
+        for _ in range(2):
+            step(fn)
     times: dict[str, list[float]] = {k: [] for k in arms}
-    try:
-        for _ in range(args.reps):
-            for name, (policy, forward) in arms.items():
-                layers.GatedConv2d.forward = forward  # type: ignore[method-assign]  # arm swap
-                t0 = time.perf_counter()
-                for _ in range(3):
-                    policy.zero_grad()
-                    loss, _ = policy.loss(batch)
-                    loss.backward()
-                times[name].append((time.perf_counter() - t0) / 3)
-    finally:
-        layers.GatedConv2d.forward = default  # type: ignore[method-assign]  # restore
+    for _ in range(args.reps):
+        for name, fn in arms.items():
+            t0 = time.perf_counter()
+            for _ in range(3):
+                step(fn)
+            times[name].append((time.perf_counter() - t0) / 3)
     base = min(times["ungated"])
+    mode = "compiled" if args.compile else "eager"
+    print(f"loss + backward, batch {b}, 1 thread, {mode}, {args.reps} repetitions")
     for name, ts in times.items():
-        print(f"{name:11s} {min(ts) * 1e3:7.1f} ms/step  x{min(ts) / base:.2f}")
+        ratio = statistics.median(t / u for t, u in zip(ts, times["ungated"], strict=True))
+        print(
+            f"{name:11s} {min(ts) * 1e3:7.1f} ms/step  x{min(ts) / base:.3f} (min)  "
+            f"x{ratio:.3f} (median paired ratio)"
+        )
 
 
 if __name__ == "__main__":

@@ -86,3 +86,41 @@ def test_bench_bc_parts_times_both_formulations(tmp_path: Path) -> None:
     assert len(parts) == 3  # the shift and the optimizer for both policies
     for arms in parts.values():
         assert len(arms) == 2 and all(ms > 0 for ms in arms.values())
+
+
+def test_budget_split_pins_each_part_to_its_budget(reference_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "split.json"
+    splits = ["", "encoder=0.25", "head=0.25", "encoder.layers.0=0.25,head=0.5"]
+    args = ["--run", str(reference_run), "--episodes", "1", "--out", str(out)]
+    proc = _script("budget_split.py", *args, *(a for s in splits for a in ("--split", s)))
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["split"] for r in rows] == [
+        {},
+        {"encoder": 0.25},
+        {"head": 0.25},
+        {"encoder.layers.0": 0.25, "head": 0.5},
+    ]
+    full, enc, head, mixed = (r["macs_per_step"] for r in rows)
+    # the encoder holds most MACs: pinning it cuts far more than pinning the head
+    assert enc < head < full and mixed < full
+    assert all(0.0 <= r["success_rate"] <= 1.0 and r["episodes"] == 1 for r in rows)
+    bad = _script("budget_split.py", "--run", str(reference_run), "--split", "nope=0.5")
+    assert bad.returncode != 0 and "no module 'nope'" in bad.stderr
+
+
+def test_bench_gate_backward_runs_the_chosen_arms() -> None:
+    proc = _script(
+        "bench_gate_backward.py",
+        "--reps",
+        "1",
+        "--batch",
+        "4",
+        "--arms",
+        "ungated",
+        "gated",
+        "vecdot",
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert [ln.split()[0] for ln in lines[1:]] == ["ungated", "gated", "vecdot"]

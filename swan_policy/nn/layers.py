@@ -93,6 +93,36 @@ class _GatedReLU(torch.autograd.Function):
         return grad_z, grad_g
 
 
+class _GatedReLUInductor(torch.autograd.Function):
+    """``out = relu(z) * g[:, :, None, None]`` written for ``torch.compile`` (training only).
+
+    Same values and gradients as :class:`_GatedReLU`, a different split of the work.
+    It saves the conv output ``z`` instead of ``relu(z)`` and ``out``, so the forward
+    writes one map (the output), as an ungated ReLU does. The backward computes
+    ``dz = dout * g * 1[z > 0]`` and ``dg = sum_hw dout * relu(z)`` with elementwise ops
+    and a ``sum``, which Inductor fuses, with the pooled gate input's gradient, into one
+    reduction pass and one in-place pass per layer. ``_GatedReLU``'s ``vecdot`` kept a
+    third pass. In eager mode each of these ops is its own pass, so eager keeps
+    ``_GatedReLU`` (``scripts/bench_gate_backward.py`` measures both; docs/results.md).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, z: Tensor, g: Tensor) -> Tensor:
+        ctx.save_for_backward(z, g)
+        return torch.relu(z) * g[:, :, None, None]
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        z, g = ctx.saved_tensors
+        pos = z > 0
+        grad_z = grad_g = None
+        if ctx.needs_input_grad[0]:
+            grad_z = torch.where(pos, grad_out * g[:, :, None, None], 0.0)
+        if ctx.needs_input_grad[1]:
+            grad_g = torch.where(pos, grad_out * z, 0.0).sum((2, 3))
+        return grad_z, grad_g
+
+
 class _SpatialMean(torch.autograd.Function):
     """``x.mean((2, 3))`` whose gradient stays a broadcast view (no full-size division).
 
@@ -195,7 +225,8 @@ class GatedConv2d(nn.Module):
             return F.relu(z), None
         g = self.gate(self.gate_logits(x), budget)
         if torch.is_grad_enabled() and (z.requires_grad or g.requires_grad):
-            y: Tensor = _GatedReLU.apply(z, g)
+            fused = _GatedReLUInductor if torch.compiler.is_compiling() else _GatedReLU
+            y: Tensor = fused.apply(z, g)
             return y, g
         return F.relu(z).mul_(g[:, :, None, None]), g  # no autograd: in place, no copy
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from swan_policy.nn import layers
 from swan_policy.nn.layers import Active, GatedConv2d, GatedLinear, GateOptions
 
 
@@ -123,3 +124,22 @@ def test_fused_conv_gate_backward_matches_autograd_composition(budget: float) ->
     for a, b in zip(fused, ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     assert x.grad is not None and layer.gate_fc.weight.grad.abs().sum() > 0
+
+
+def test_compile_time_gate_formulation_matches_the_eager_one() -> None:
+    """``_GatedReLUInductor`` (what ``torch.compile`` traces) gives ``_GatedReLU``'s output
+    and gradients, including for closed gates (``dg`` of a closed unit is not zero)."""
+    gen = torch.Generator().manual_seed(0)
+    z0 = torch.randn(5, 6, 7, 7, dtype=torch.float64, generator=gen)
+    g0 = (torch.rand(5, 6, dtype=torch.float64, generator=gen) > 0.4).double()
+    w = torch.randn(5, 6, 7, 7, dtype=torch.float64, generator=gen)
+    results = []
+    for fn in (layers._GatedReLU, layers._GatedReLUInductor):
+        z, g = z0.clone().requires_grad_(True), g0.clone().requires_grad_(True)
+        out = fn.apply(z, g)
+        (out * w).sum().backward()
+        results.append((out.detach(), z.grad, g.grad))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    closed = g0 == 0
+    assert closed.any() and results[1][2][closed].abs().sum() > 0
