@@ -96,14 +96,14 @@ class _GatedReLU(torch.autograd.Function):
 class _GatedReLUInductor(torch.autograd.Function):
     """``out = relu(z) * g[:, :, None, None]`` written for ``torch.compile`` (training only).
 
-    Same values and gradients as :class:`_GatedReLU`, a different split of the work.
-    It saves the conv output ``z`` instead of ``relu(z)`` and ``out``, so the forward
-    writes one map (the output), as an ungated ReLU does. The backward computes
-    ``dz = dout * g * 1[z > 0]`` and ``dg = sum_hw dout * relu(z)`` with elementwise ops
-    and a ``sum``, which Inductor fuses, with the pooled gate input's gradient, into one
-    reduction pass and one in-place pass per layer. ``_GatedReLU``'s ``vecdot`` kept a
-    third pass. In eager mode each of these ops is its own pass, so eager keeps
-    ``_GatedReLU`` (``scripts/bench_gate_backward.py`` measures both; docs/results.md).
+    Same values and gradients as :class:`_GatedReLU`, a different split of the work: it
+    saves the conv output ``z`` and computes ``dz = dout * g * 1[z > 0]`` and
+    ``dg = sum_hw dout * relu(z)`` from elementwise ops and a ``sum``, which Inductor fuses,
+    with the pooled gate input's gradient, into one reduction loop and one in-place loop
+    per layer; with ``_GatedReLU``'s ``vecdot`` it generated three loops. (The compiled
+    forward writes one map per layer either way: AOTAutograd recomputes what it can.)
+    In eager mode each of these ops is its own pass, so eager keeps ``_GatedReLU``
+    (``scripts/bench_gate_backward.py`` measures both; docs/results.md).
     """
 
     @staticmethod
