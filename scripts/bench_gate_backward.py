@@ -9,6 +9,8 @@ Arms (the Reach policy of ``configs/reach_bc.yaml`` on 64x64 pixels, batch 64, 1
   under ``torch.compile`` the layer switches to ``layers._GatedReLUInductor``);
 * ``vecdot``    -- gated, ``layers._GatedReLU`` whether compiled or not (with
   ``--compile``: the package before session 9);
+* ``where-sum`` -- gated, ``layers._GatedReLUInductor`` whether compiled or not (without
+  ``--compile``: what the compiled step's form would cost in eager mode);
 * ``autograd``  -- gated, the unfused composition (``relu(z) * g`` and ``x.mean``, autograd's
   backward; the package before session 4);
 * ``detached``  -- the package's layer with the gate network's pooled input detached;
@@ -71,6 +73,14 @@ def _vecdot(self: layers.GatedConv2d, x: Tensor, budget: float = 1.0) -> Any:
     return layers._GatedReLU.apply(z, g), g
 
 
+def _where_sum(self: layers.GatedConv2d, x: Tensor, budget: float = 1.0) -> Any:
+    z = self.conv(x)
+    if self.gate is None:
+        return F.relu(z), None
+    g = self.gate(self.gate_logits(x), budget)
+    return layers._GatedReLUInductor.apply(z, g), g
+
+
 def _head_only(self: layers.GatedConv2d, x: Tensor, budget: float = 1.0) -> Any:
     return F.relu(self.conv(x)), None
 
@@ -79,6 +89,7 @@ ARMS: dict[str, tuple[bool, Forward | None]] = {  # gated?, conv forward (None: 
     "ungated": (False, None),
     "gated": (True, None),
     "vecdot": (True, _vecdot),
+    "where-sum": (True, _where_sum),
     "autograd": (True, _autograd),
     "detached": (True, _detached),
     "head-only": (True, _head_only),
