@@ -57,28 +57,18 @@ def _autograd(self: layers.GatedConv2d, x: Tensor, budget: float = 1.0) -> Any:
     return y * g[:, :, None, None], g
 
 
-def _detached(self: layers.GatedConv2d, x: Tensor, budget: float = 1.0) -> Any:
-    z = self.conv(x)
-    if self.gate is None:
-        return F.relu(z), None
-    g = self.gate(self.gate_logits(x.detach()), budget)
-    return layers._GatedReLU.apply(z, g), g
+def _fused(op: type[torch.autograd.Function], detach_input: bool = False) -> Forward:
+    """The package's layer with the gated ReLU ``op`` whether compiled or not (and the gate
+    network's pooled input detached if ``detach_input``)."""
 
+    def forward(self: layers.GatedConv2d, x: Tensor, budget: float = 1.0) -> Any:
+        z = self.conv(x)
+        if self.gate is None:
+            return F.relu(z), None
+        g = self.gate(self.gate_logits(x.detach() if detach_input else x), budget)
+        return op.apply(z, g), g
 
-def _vecdot(self: layers.GatedConv2d, x: Tensor, budget: float = 1.0) -> Any:
-    z = self.conv(x)
-    if self.gate is None:
-        return F.relu(z), None
-    g = self.gate(self.gate_logits(x), budget)
-    return layers._GatedReLU.apply(z, g), g
-
-
-def _where_sum(self: layers.GatedConv2d, x: Tensor, budget: float = 1.0) -> Any:
-    z = self.conv(x)
-    if self.gate is None:
-        return F.relu(z), None
-    g = self.gate(self.gate_logits(x), budget)
-    return layers._GatedReLUInductor.apply(z, g), g
+    return forward
 
 
 def _head_only(self: layers.GatedConv2d, x: Tensor, budget: float = 1.0) -> Any:
@@ -88,10 +78,10 @@ def _head_only(self: layers.GatedConv2d, x: Tensor, budget: float = 1.0) -> Any:
 ARMS: dict[str, tuple[bool, Forward | None]] = {  # gated?, conv forward (None: package's)
     "ungated": (False, None),
     "gated": (True, None),
-    "vecdot": (True, _vecdot),
-    "where-sum": (True, _where_sum),
+    "vecdot": (True, _fused(layers._GatedReLU)),
+    "where-sum": (True, _fused(layers._GatedReLUInductor)),
     "autograd": (True, _autograd),
-    "detached": (True, _detached),
+    "detached": (True, _fused(layers._GatedReLU, detach_input=True)),
     "head-only": (True, _head_only),
 }
 
