@@ -124,3 +124,16 @@ def test_bench_gate_backward_runs_the_chosen_arms() -> None:
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert [ln.split()[0] for ln in lines[1:]] == ["ungated", "gated", "vecdot"]
+
+
+def test_check_compiled_grads_compares_the_compiled_step_with_eager(tmp_path: Path) -> None:
+    from tests.reliability._runs import CONFIG, set_args, tiny_policy
+
+    out = tmp_path / "grads.json"
+    args = ["--config", CONFIG, *set_args(tiny_policy()), "--batch", "4", "--batches", "1"]
+    proc = _script("check_compiled_grads.py", *args, "--backend", "aot_eager", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["loss_eager"] > 0 and abs(row["loss_eager"] - row["loss_compiled"]) < 1e-5
+    assert 0.0 <= row["max_rel_grad_diff"] < 1e-4
+    assert "max relative gradient difference" in proc.stdout
