@@ -41,7 +41,13 @@ def test_train_eval_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert list((run / "tb").glob("events.out.tfevents.*"))
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     kinds = {r["kind"] for r in records}
-    assert kinds == {"train", "dagger", "eval"}
+    assert kinds == {"start", "train", "dagger", "eval"}
+    # the first record says what the run ran on (a same-seed rerun needs the same)
+    start = records[0]
+    assert start["kind"] == "start" and start["step"] == 0 and start["resumed"] is False
+    assert start["torch_threads"] == torch.get_num_threads() and start["world_size"] == 1
+    assert start["versions"]["torch"] == torch.__version__
+    assert start["versions"]["swan-policy"] is not None
     train_recs = [r for r in records if r["kind"] == "train"]
     assert {"loss", "bc_loss", "active_fraction", "samples_per_s", "lr"} <= set(train_recs[0])
     # the resolved config holds the env's dims and rebuilds the same policy
@@ -99,6 +105,10 @@ def test_resume_equals_straight_run(tmp_path: Path) -> None:
     assert opt_a.keys() == opt_b.keys() and len(opt_a) > 10
     for k in opt_a:
         assert torch.equal(opt_a[k], opt_b[k]), k
+    # every (re)start is recorded, with the step it started from
+    recs = [json.loads(x) for x in (split / "metrics.jsonl").read_text().splitlines()]
+    starts = [(r["step"], r["resumed"]) for r in recs if r["kind"] == "start"]
+    assert starts == [(0, False), (4, True)]
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(
