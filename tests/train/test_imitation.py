@@ -158,7 +158,10 @@ def test_ctrl_c_checkpoints_and_resumes(tmp_path: Path) -> None:
         args, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     deadline = time.monotonic() + 120
-    while not (run / "metrics.jsonl").exists() and time.monotonic() < deadline:
+    metrics = run / "metrics.jsonl"  # its first line is the start record: wait for a step
+    while time.monotonic() < deadline and not (
+        metrics.exists() and '"kind": "train"' in metrics.read_text()
+    ):
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
