@@ -18,6 +18,7 @@ load (tests/reliability/test_crash_safety.py kills a real ``swan train`` mid-wri
 from __future__ import annotations
 
 import os
+import platform
 import random
 import re
 import shutil
@@ -232,3 +233,37 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_VERSIONED = ("torch", "numpy", "mujoco", "gymnasium", "stable-baselines3", "swan-policy")
+
+
+def start_record(
+    step: int, resumed: bool, seed: int, world_size: int, device: torch.device, compile: bool
+) -> dict[str, Any]:
+    """What a (re)start of training ran on, for ``metrics.jsonl`` (``kind: start``).
+
+    The same seed reproduces a run bitwise only with the same package versions and thread
+    count (docs/results.md), so every start records them beside the step it started from.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions: dict[str, str | None] = {}
+    for name in _VERSIONED:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    return {
+        "step": step,
+        "kind": "start",
+        "resumed": resumed,
+        "seed": seed,
+        "world_size": world_size,
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "compile": compile,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+    }

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import random
 import signal
 import time
@@ -52,6 +51,7 @@ from swan_policy.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
+    start_record,
 )
 from swan_policy.train.labellers import Labeller, labelled_vec_env
 
@@ -318,41 +318,6 @@ def _log(ctx: RunContext, writer: Any, record: dict[str, Any]) -> None:
                 writer.add_scalar(k.replace("@", "_at_"), v, step)
 
 
-_VERSIONED = ("torch", "numpy", "mujoco", "gymnasium", "stable-baselines3", "swan-policy")
-
-
-def _start_record(
-    step: int, resumed: bool, ctx: RunContext, device: torch.device, cfg: ExperimentConfig
-) -> dict[str, Any]:
-    """What a (re)start ran on: package versions, threads, processes, device, compile.
-
-    The same seed reproduces a run bitwise only with the same versions and thread count
-    (docs/results.md), so every start records them in ``metrics.jsonl``; not a TensorBoard
-    scalar.
-    """
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions: dict[str, str | None] = {}
-    for name in _VERSIONED:
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            versions[name] = None
-    return {
-        "step": step,
-        "kind": "start",
-        "resumed": resumed,
-        "seed": cfg.seed,
-        "world_size": ctx.world,
-        "device": str(device),
-        "torch_threads": torch.get_num_threads(),
-        "compile": cfg.bc.compile,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "versions": versions,
-    }
-
-
 def _eval_record(step: int, results: list[BudgetResult]) -> dict[str, Any]:
     rec: dict[str, Any] = {"step": step, "kind": "eval"}
     for r in results:
@@ -469,7 +434,9 @@ def train(
         (run_dir / "config.yaml").write_text(
             dump_config(cfg.model_copy(update={"policy": policy.config}))
         )
-        start = _start_record(state.step, ckpt is not None, ctx, device, cfg)
+        start = start_record(
+            state.step, ckpt is not None, cfg.seed, ctx.world, device, cfg.bc.compile
+        )
         with open(run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(start) + "\n")
     loss_module: nn.Module = SandwichLoss(
