@@ -5,10 +5,12 @@ For each seed, runs ``swan train`` (BC + DAgger as the config says) into
 episodes at each budget; reports success rate, return and MACs per step as mean ± std
 over seeds, as a rich table and JSON.
 
-Each seed's evaluation is also kept in its run (``bench_eval.json``) and reused by a later
-call with the same episodes, budgets and evaluation seed (the evaluator plays the same
-episodes whatever the worker count), so seeds trained by separate processes in parallel
-are aggregated by one more call over all of them without evaluating again.
+Each seed's evaluations are also kept in its run (``bench_eval.json``, one entry per
+episodes / budgets / evaluation seed) and reused by a later call with the same three (the
+evaluator plays the same episodes whatever the worker count), so seeds trained by separate
+processes in parallel are aggregated by one more call over all of them without evaluating
+again, and a finished run can be evaluated on more episodes (``--episodes 200``) without
+losing its earlier evaluation or its training time.
 
     python scripts/bench_imitation.py --config configs/reach_bc.yaml --seeds 0 1 2 --episodes 50
 """
@@ -21,6 +23,7 @@ import shutil
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -33,6 +36,21 @@ from swan_policy.train.imitation import train
 
 def mean_std(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def read_store(cache: Path) -> dict[str, Any]:
+    """A finished run's ``bench_eval.json``: its training time and every evaluation so far.
+
+    A file from before the store kept several evaluations (one entry, its ``key`` at the
+    top level) is read as a store of that one evaluation.
+    """
+    if not cache.is_file():  # trained elsewhere: the training time is unknown
+        return {"train_minutes": None, "evals": []}
+    saved = json.loads(cache.read_text())
+    if "evals" in saved:
+        return saved
+    keep = ("key", "results", "dense_macs")
+    return {"train_minutes": saved["train_minutes"], "evals": [{k: saved[k] for k in keep}]}
 
 
 def main() -> None:
@@ -53,34 +71,43 @@ def main() -> None:
         run = args.out / f"{args.config.stem}-seed{seed}"
         if args.fresh and run.exists():
             shutil.rmtree(run)
+        cache = run / "bench_eval.json"
         t0 = time.perf_counter()
         if not (run / "best").is_dir():
             if run.exists():
                 shutil.rmtree(run)
             train(cfg, run, show=True)
-        minutes = (time.perf_counter() - t0) / 60
+            store = {"train_minutes": (time.perf_counter() - t0) / 60, "evals": []}
+        else:
+            store = read_store(cache)
         key = {"episodes": args.episodes, "budgets": args.budgets, "eval_seed": cfg.eval.seed}
-        cache = run / "bench_eval.json"
-        entry = json.loads(cache.read_text()) if cache.is_file() else None
-        if entry is None or entry["key"] != key:
+        entry = next((e for e in store["evals"] if e["key"] == key), None)
+        if entry is None:
             policy = load_run_policy(run, "best")
             results = evaluate_policy(
                 policy, cfg.env, args.episodes, args.budgets, args.workers, cfg.eval.seed
             )
             entry = {
                 "key": key,
-                "seed": seed,
-                "run": str(run),
-                "train_minutes": minutes,
                 "results": [r.to_json() for r in results],
                 "dense_macs": policy.dense_macs(),
             }
-            cache.write_text(json.dumps(entry, indent=2))
-        per_seed.append({k: v for k, v in entry.items() if k != "key"})
+            store["evals"].append(entry)
+            cache.write_text(json.dumps(store, indent=2))
+        per_seed.append(
+            {
+                "seed": seed,
+                "run": str(run),
+                "train_minutes": store["train_minutes"],
+                "results": entry["results"],
+                "dense_macs": entry["dense_macs"],
+            }
+        )
         line = ", ".join(
             f"b={r['budget']:g}: {r['success_rate']:.0%}" for r in per_seed[-1]["results"]
         )
-        console.print(f"seed {seed}: {line} ({per_seed[-1]['train_minutes']:.1f} min)")
+        minutes = per_seed[-1]["train_minutes"]
+        console.print(f"seed {seed}: {line}" + (f" ({minutes:.1f} min)" if minutes else ""))
     cfg = load_config(args.config, args.overrides)
     table = Table(title=f"{cfg.env.id}: {len(args.seeds)} seeds x {args.episodes} episodes")
     for col in ("budget", "success (mean ± std)", "return", "MMACs/step", "of dense"):
@@ -107,6 +134,7 @@ def main() -> None:
             {
                 "config": str(args.config),
                 "overrides": args.overrides,
+                "episodes": args.episodes,
                 "summary": summary,
                 "seeds": per_seed,
             },

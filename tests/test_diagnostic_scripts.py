@@ -75,6 +75,19 @@ def test_bench_imitation_keeps_each_seeds_evaluation_and_reuses_it(
     assert again == first and stamp_again == stamp  # read back, not evaluated again
     more, stamp_more = bench(2)
     assert stamp_more != stamp and more["seeds"][0]["results"][0]["episodes"] == 2
+    back, stamp_back = bench(1)  # the 1-episode evaluation was kept beside the new one
+    assert back["seeds"] == first["seeds"] and stamp_back == stamp_more
+    # a file from before several evaluations were kept: read, not evaluated again
+    legacy = {
+        "key": {"episodes": 2, "budgets": [1.0, 0.5], "eval_seed": 10000},
+        **more["seeds"][0],
+        "train_minutes": 12.5,
+    }
+    (run / "bench_eval.json").write_text(json.dumps(legacy))
+    stamp_legacy = (run / "bench_eval.json").stat().st_mtime_ns
+    old, stamp_old = bench(2)
+    assert stamp_old == stamp_legacy and old["seeds"][0]["train_minutes"] == 12.5
+    assert old["seeds"][0]["results"] == more["seeds"][0]["results"]
 
 
 def test_bench_bc_parts_times_both_formulations(tmp_path: Path) -> None:
