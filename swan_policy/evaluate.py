@@ -295,7 +295,8 @@ class BudgetResult:
 
     ``macs_per_step`` is the mean executed MACs per step over all steps (gate networks
     included); ``episode_mean_budget`` / ``episode_mean_macs`` hold each episode's own
-    means, in episode order.
+    means and ``episode_success`` its outcome, in episode order (episode ``i`` is seed
+    ``seed + i``, so two policies' lists pair episode by episode).
     """
 
     label: str
@@ -311,6 +312,7 @@ class BudgetResult:
     scheduler: dict[str, Any] | None = None
     episode_mean_budget: list[float] = field(default_factory=list)
     episode_mean_macs: list[float] = field(default_factory=list)
+    episode_success: list[bool] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -383,6 +385,7 @@ def summarise(
     policy: SwanPolicy,
     scheduler: dict[str, Any] | None = None,
 ) -> BudgetResult:
+    eps = sorted(eps, key=lambda e: e.seed)  # a wave's episodes finish in any order
     stats = policy.gate_stats()
     returns = np.array([e.ret for e in eps])
     all_budgets = [b for e in eps for b in e.budgets]
@@ -402,6 +405,7 @@ def summarise(
         scheduler=scheduler,
         episode_mean_budget=[e.mean_budget for e in eps],
         episode_mean_macs=[e.mean_macs for e in eps],
+        episode_success=[bool(e.success) for e in eps],
     )
 
 

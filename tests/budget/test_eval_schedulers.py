@@ -103,6 +103,13 @@ def test_run_episodes_with_per_env_schedulers_records_budgets_and_macs(tmp_path:
     low = summarise("b.25", 0.25, run_episodes(policy, FakeVecEnv(3, cfg), 4, 0, 0.25), policy)
     assert low.macs_per_step < full.macs_per_step
     assert len(full.episode_mean_macs) == 4 and full.mean_budget == 1.0
+    # per-episode lists are in seed order whatever order the episodes finished in
+    eps4 = sorted(run_episodes(policy, FakeVecEnv(3, cfg), 4, 0, 1.0), key=lambda e: e.seed)
+    for e in eps4:
+        e.success = e.seed == 0
+    back = summarise("b1", 1.0, eps4[::-1], policy)
+    assert back.episode_success == [True, False, False, False]
+    assert back.episode_mean_macs == [e.mean_macs for e in eps4]
     adaptive = summarise("adaptive", None, eps, policy, spec)
     assert max(adaptive.episode_mean_budget) <= 0.5 + 1e-9
     png = plot_tradeoff([full, low, adaptive], policy.dense_macs(), tmp_path / "p.png")
@@ -157,6 +164,8 @@ def test_evaluation_and_calibration_do_not_depend_on_the_worker_count() -> None:
         # SB3's DummyVecEnv (1 worker) stores rewards as float32, SubprocVecEnv float64
         assert one.return_mean == pytest.approx(two.return_mean, rel=1e-6)
         assert one.episode_mean_macs == two.episode_mean_macs
+        assert one.episode_success == two.episode_success and len(one.episode_success) == 3
+        assert one.success_rate == sum(one.episode_success) / 3
         assert one.macs_per_step == two.macs_per_step
         assert one.active_fraction == two.active_fraction
     cfg = ExperimentConfig(env=env)
