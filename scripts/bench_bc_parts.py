@@ -53,13 +53,16 @@ def median_ms(arms: dict[str, Callable[[], object]], reps: int) -> dict[str, flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=Path("configs/reach_bc.yaml"))
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], help="Config override."
+    )
     parser.add_argument("--reps", type=int, default=50)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("runs/bench_bc_parts.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.overrides)
     pad = cfg.bc.shift_pad
     pixels = torch.randint(0, 256, (args.batch, 64, 64, 3), dtype=torch.uint8)
     gen = torch.Generator().manual_seed(0)

@@ -63,13 +63,16 @@ def make_arm(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=Path("configs/reach_bc.yaml"))
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], help="Config override."
+    )
     parser.add_argument("--blocks", type=int, default=6, help="Blocks per arm (alternating).")
     parser.add_argument("--steps", type=int, default=10, help="BC steps per block.")
     parser.add_argument("--samples", type=int, default=4096, help="Random dataset size.")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_bc_throughput.json"))
     parser.add_argument("--compile", action="store_true", help="Add torch.compile'd arms.")
     args = parser.parse_args()
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.overrides)
     gen = torch.Generator().manual_seed(0)
     data = BCData(
         torch.randint(0, 256, (args.samples, 64, 64, 3), generator=gen, dtype=torch.uint8),
@@ -132,6 +135,7 @@ def main() -> None:
                 "gate_cost_compiled": compiled_cost,
                 "threads": torch.get_num_threads(),
                 "config": str(args.config),
+                "overrides": args.overrides,
             },
             indent=2,
         )

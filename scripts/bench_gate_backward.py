@@ -89,6 +89,9 @@ ARMS: dict[str, tuple[bool, Forward | None]] = {  # gated?, conv forward (None: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/reach_bc.yaml")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], help="Config override."
+    )
     parser.add_argument("--reps", type=int, default=25)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
@@ -97,7 +100,7 @@ def main() -> None:
     if "ungated" not in args.arms:
         parser.error("--arms must include ungated (the reference)")
     torch.set_num_threads(1)
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.overrides)
 
     def make(gated: bool, forward: Forward | None) -> Callable[..., Tensor]:
         pc = cfg.policy.model_copy(
