@@ -107,7 +107,8 @@ def main() -> None:
             f"b={r['budget']:g}: {r['success_rate']:.0%}" for r in per_seed[-1]["results"]
         )
         minutes = per_seed[-1]["train_minutes"]
-        console.print(f"seed {seed}: {line}" + (f" ({minutes:.1f} min)" if minutes else ""))
+        took = "" if minutes is None else f" ({minutes:.1f} min)"
+        console.print(f"seed {seed}: {line}{took}")
     cfg = load_config(args.config, args.overrides)
     table = Table(title=f"{cfg.env.id}: {len(args.seeds)} seeds x {args.episodes} episodes")
     for col in ("budget", "success (mean ± std)", "return", "MMACs/step", "of dense"):

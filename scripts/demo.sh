@@ -4,7 +4,7 @@
 # at budgets 1.0 / 0.5 / 0.25 -> ONNX bundle (one graph per budget level with its gate
 # masks, parity asserted) -> the torch-free runtime in a 50 Hz control loop against the simulator.
 # 8-13 minutes on a 2-core CPU (12 min 38 s from a fresh clone in session 7, setup, export and
-# deploy included; 7 min 48 s in session 12 with .venv already set up).
+# deploy included; 7 min 55 s in session 12 with .venv already set up).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_venv.sh
