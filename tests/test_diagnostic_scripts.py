@@ -150,3 +150,29 @@ def test_check_compiled_grads_compares_the_compiled_step_with_eager(tmp_path: Pa
     assert row["loss_eager"] > 0 and abs(row["loss_eager"] - row["loss_compiled"]) < 1e-5
     assert 0.0 <= row["max_rel_grad_diff"] < 1e-4
     assert "max relative gradient difference" in proc.stdout
+
+
+def test_ladder_ranking_cuts_every_ranking_to_the_same_widths(
+    reference_run: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "ranking.json"
+    args = ["--run", str(reference_run), "--checkpoint", "last", "--levels", "0.5", "0.25"]
+    args += ["--rankings", "free", "own", "--episodes", "1", "--calib-episodes", "2"]
+    proc = _script("ladder_ranking.py", *args, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["level"], r["ranking"]) for r in rows] == [
+        (0.5, "gated"),
+        (0.25, "gated"),
+        (0.5, "free"),
+        (0.25, "free"),
+        (0.5, "own"),
+        (0.25, "own"),
+    ]
+    by = {(r["level"], r["ranking"]): r for r in rows}
+    for b in (0.5, 0.25):
+        free, own = by[(b, "free")], by[(b, "own")]
+        assert free["rank_budgets"] == [1.0] and own["rank_budgets"] == [b]
+        assert free["units"] == own["units"]  # the rankings differ, the widths do not
+        assert free["macs_per_step"] == own["macs_per_step"] > 0
+    assert by[(0.25, "free")]["macs_per_step"] < by[(0.5, "free")]["macs_per_step"]

@@ -45,6 +45,7 @@ def test_swan_export_writes_a_verified_bundle(tmp_path, capsys) -> None:
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "parity asserted" in printed and "closed loop: 1 episodes per level" in printed
+    assert "note: levels below 1 are static cuts" in printed  # not fine-tuned: say so
     assert (run / "ladder.json").is_file() and (out / "ladder.json").is_file()
     manifest = json.loads((out / "bundle.json").read_text())
     assert [lvl["budget"] for lvl in manifest["levels"]] == [1.0, 0.5]

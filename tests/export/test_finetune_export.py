@@ -51,7 +51,9 @@ def test_swan_export_finetune_ships_the_finetuned_levels(
     args += ["--calib-episodes", "2", "--workers", "1", "--checkpoint", "last"]
     args += ["--finetune", "0.5", "--json", str(report)]
     assert main(args) == 0
-    assert "fine-tune level 0.5: 3 BC steps" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "fine-tune level 0.5: 3 BC steps" in printed
+    assert "static cuts" not in printed
     manifest = json.loads((out / "bundle.json").read_text())
     cfg = load_config(run / "config.yaml")
     policy = SwanPolicy.from_pretrained(latest_checkpoint(run))
