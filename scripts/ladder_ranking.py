@@ -13,6 +13,10 @@ model (torch, masked mode), beside the gated policy at the level's budget:
 * ``own``: each level ranked by the frequency at its own budget. Levels then need not
   nest (a unit kept at 0.25 may be dropped at 0.5), which one shared ranking guarantees.
 
+With ``--finetune FRAC`` each folded level is also fine-tuned exactly as ``swan export
+--finetune`` does (BC on the run's demos; runs under ``--work``) and played again (rows
+with ``"finetuned": true``): does the ranking still matter after a fine-tune?
+
     MUJOCO_GL=egl OMP_NUM_THREADS=1 python scripts/ladder_ranking.py --run runs/demo \
         --levels 0.5 0.25 --episodes 50 --out runs/ladder_ranking.json
 """
@@ -25,11 +29,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from swan_policy.budget.ladder import Ladder, calibrate_ladder, level_policy
+from swan_policy.budget.ladder import Ladder, calibrate_ladder, level_policy, quiet
 from swan_policy.cli import load_run_policy
 from swan_policy.config import load_config
 from swan_policy.evaluate import evaluate_policy
 from swan_policy.export.pipeline import calibration_rollouts
+from swan_policy.train.finetune import finetune, finetune_config
 
 RANKINGS = ("free", "caps", "low", "own")
 
@@ -58,6 +63,11 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--seed", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--finetune", type=float, default=0.0, help="Fraction of the run's steps.")
+    parser.add_argument("--finetune-lr-scale", type=float, default=0.3)
+    parser.add_argument(
+        "--work", type=Path, default=None, help="Fine-tune runs (default: <run>/ranking_finetune)."
+    )
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the rows.")
     args = parser.parse_args()
 
@@ -77,11 +87,15 @@ def main() -> None:
         }
 
     rows: list[dict[str, Any]] = []
+    work = args.work or args.run / "ranking_finetune"
+    if args.finetune > 0:
+        fcfg = finetune_config(cfg, args.finetune, args.finetune_lr_scale)
 
     def report(row: dict[str, Any]) -> None:
         rows.append(row)
         print(
-            f"level {row['level']:<5g} {row['ranking']:>6s} {row['gates']:>6s}  "
+            f"level {row['level']:<5g} {row['ranking']:>6s} {row['gates']:>6s}"
+            f"{' +ft' if row.get('finetuned') else '    '}  "
             f"success {100 * row['success_rate']:5.1f}%  "
             f"MMACs/step {row['macs_per_step'] / 1e6:6.3f}",
             flush=True,
@@ -99,6 +113,11 @@ def main() -> None:
                 row["rank_budgets"] = list(ladders[b].rank_budgets)
                 row["units"] = ladders[b].units(b)
                 report({**row, **play(level, 1.0)})
+                if args.finetune > 0 and gates == "folded":
+                    run_dir = work / f"{ranking}_level_{b:g}"
+                    tuned, info = finetune(level, fcfg, run_dir, show=False)
+                    quiet(tuned).track_stats = True
+                    report({**row, "finetuned": True, **info, **play(tuned, 1.0)})
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         payload = {

@@ -158,9 +158,11 @@ def test_ladder_ranking_cuts_every_ranking_to_the_same_widths(
     out = tmp_path / "ranking.json"
     args = ["--run", str(reference_run), "--checkpoint", "last", "--levels", "0.5", "0.25"]
     args += ["--rankings", "free", "own", "--episodes", "1", "--calib-episodes", "2"]
+    args += ["--finetune", "0.5", "--work", str(tmp_path / "ft")]
     proc = _script("ladder_ranking.py", *args, "--out", str(out))
     assert proc.returncode == 0, proc.stderr
-    rows = json.loads(out.read_text())["rows"]
+    every = json.loads(out.read_text())["rows"]
+    rows = [r for r in every if not r.get("finetuned")]
     assert [(r["level"], r["ranking"]) for r in rows] == [
         (0.5, "gated"),
         (0.25, "gated"),
@@ -176,3 +178,8 @@ def test_ladder_ranking_cuts_every_ranking_to_the_same_widths(
         assert free["units"] == own["units"]  # the rankings differ, the widths do not
         assert free["macs_per_step"] == own["macs_per_step"] > 0
     assert by[(0.25, "free")]["macs_per_step"] < by[(0.5, "free")]["macs_per_step"]
+    tuned = {(r["level"], r["ranking"]): r for r in every if r.get("finetuned")}
+    assert set(tuned) == set(by) - {(0.5, "gated"), (0.25, "gated")}
+    for key, row in tuned.items():  # the same cut, trained further: same MACs, own run
+        assert row["macs_per_step"] == by[key]["macs_per_step"] and row["steps"] > 0
+        assert (tmp_path / "ft" / f"{key[1]}_level_{key[0]:g}" / "finetune.json").is_file()
