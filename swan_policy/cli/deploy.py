@@ -173,6 +173,13 @@ def export(
     finetune_lr_scale: Annotated[
         float, typer.Option(help="Fine-tuning lr / the run's lr (> 0).")
     ] = 0.3,
+    finetune_data: Annotated[
+        str,
+        typer.Option(
+            help="What --finetune trains on: 'demos' (the run's demo file) or 'run' (the "
+            "demos plus the run's DAgger rounds: states its own policy visited)."
+        ),
+    ] = "demos",
 ) -> None:
     """Export a trained run to an ONNX bundle: one verified dense graph per budget level."""
     import json
@@ -207,6 +214,7 @@ def export(
             overwrite=overwrite,
             finetune=finetune,
             finetune_lr_scale=finetune_lr_scale,
+            finetune_data=finetune_data,  # type: ignore[arg-type]  # checked by export_run
             log=lambda m: console.print(m, highlight=False),
             on_level=lambda r: console.print(
                 f"level {r.budget:g}: exported, checker + parity ok", highlight=False

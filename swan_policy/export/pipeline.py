@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -29,6 +29,7 @@ from swan_policy.export.onnx import BundleReport, LevelReport, export_bundle, se
 from swan_policy.policy import SwanPolicy
 
 INT8_TOLERANCE = 0.02
+FinetuneData = Literal["demos", "run"]
 
 
 def calibration_rollouts(
@@ -109,6 +110,7 @@ def export_run(
     on_level: Callable[[LevelReport], None] | None = None,
     finetune: float = 0.0,
     finetune_lr_scale: float = 0.3,
+    finetune_data: FinetuneData = "demos",
     show: bool = True,
 ) -> tuple[BundleReport, dict[str, Any]]:
     """Calibrate, (optionally) fine-tune each level, export and (optionally) evaluate;
@@ -117,7 +119,9 @@ def export_run(
     With ``finetune > 0`` each level, cut from the policy and its gates folded, is
     fine-tuned by BC on the run's demos for that fraction of the run's training steps
     (:mod:`swan_policy.train.finetune`; runs under ``runs/<name>/finetune/``, reused
-    when nothing changed), and the fine-tuned model is what the bundle ships.
+    when nothing changed), and the fine-tuned model is what the bundle ships. With
+    ``finetune_data="run"`` it also trains on the run's DAgger rounds (the expert's labels
+    on states the run's own policy visited).
 
     Raises:
         ValueError: ``int8`` without closed-loop episodes, or a bad level.
@@ -134,6 +138,8 @@ def export_run(
             f"--finetune trains on the run's demos by BC: it needs an imitation run, "
             f"not method {cfg.method!r}"
         )
+    if finetune_data not in ("demos", "run"):
+        raise ValueError(f"--finetune-data: expected 'demos' or 'run', got {finetune_data!r}")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"--out: {out} exists (pass --overwrite to replace it)")
     log(f"calibration: {calib_episodes} rollouts of {cfg.env.id} at budget 1.0")
@@ -149,14 +155,18 @@ def export_run(
     log(f"ladder: {n} observations, saved to {run / LADDER_NAME}")
     tuned: dict[float, tuple[SwanPolicy, dict[str, Any]]] = {}
     if finetune > 0:
+        from swan_policy.train.finetune import dagger_rounds, finetune_config
         from swan_policy.train.finetune import finetune as finetune_level
-        from swan_policy.train.finetune import finetune_config
 
         fcfg = finetune_config(cfg, finetune, finetune_lr_scale)
+        extra = dagger_rounds(run) if finetune_data == "run" else []
+        data = str(fcfg.demos.path) + (f" + {len(extra)} DAgger rounds" if extra else "")
         for b in sorted(ladder.levels, reverse=True):
-            log(f"fine-tune level {b:g}: {fcfg.bc.steps} BC steps on {fcfg.demos.path}")
+            log(f"fine-tune level {b:g}: {fcfg.bc.steps} BC steps on {data}")
             level = level_policy(policy, ladder, b, "folded")
-            tuned[b] = finetune_level(level, fcfg, run / "finetune" / f"level_{b:g}", show)
+            tuned[b] = finetune_level(
+                level, fcfg, run / "finetune" / f"level_{b:g}", show, extra_data=extra
+            )
     report = export_bundle(
         policy,
         ladder,

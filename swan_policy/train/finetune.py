@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,17 +50,25 @@ def finetune_config(
 
 
 def finetune(
-    model: SwanPolicy, cfg: ExperimentConfig, run_dir: Path, show: bool = True
+    model: SwanPolicy,
+    cfg: ExperimentConfig,
+    run_dir: Path,
+    show: bool = True,
+    extra_data: Sequence[Path] = (),
 ) -> tuple[SwanPolicy, dict[str, Any]]:
     """Fine-tune ``model`` with ``cfg`` (see :func:`finetune_config`) into ``run_dir``.
 
-    A finished fine-tune already in ``run_dir`` with the same config and the same
-    starting weights is reused; anything else there is replaced.
+    ``extra_data``: labelled sample files trained on beside the demos (e.g. the source
+    run's DAgger rounds, :func:`dagger_rounds`).
+
+    A finished fine-tune already in ``run_dir`` with the same config, the same
+    starting weights and the same extra data is reused; anything else there is replaced.
 
     Returns:
         The fine-tuned model (eval mode) and ``{"steps", "samples", "config_hash",
         "run"}``.
     """
+    from swan_policy.deploy.runtime import sha256_file
     from swan_policy.export.onnx import config_hash
     from swan_policy.serialization import tensors_hash
     from swan_policy.train.imitation import total_steps, train
@@ -71,13 +80,30 @@ def finetune(
         "init_hash": tensors_hash(model.state_dict()),
         "run": str(run_dir),
     }
+    if extra_data:
+        info["extra_data"] = [str(p) for p in extra_data]
+        info["extra_hash"] = [sha256_file(p) for p in extra_data]
     done = run_dir / DONE
     last = latest_checkpoint(run_dir) if done.is_file() else None
     if last is None or json.loads(done.read_text()) != info:
         if run_dir.exists():
             shutil.rmtree(run_dir)
-        train(cfg, run_dir, show=show, init_policy=model)
+        train(cfg, run_dir, show=show, init_policy=model, extra_data=extra_data)
         done.write_text(json.dumps(info, indent=2))
         last = latest_checkpoint(run_dir)
         assert last is not None  # train() always writes a final checkpoint
     return SwanPolicy.from_pretrained(last).eval(), info
+
+
+def dagger_rounds(run: Path) -> list[Path]:
+    """The DAgger rounds a run labelled (``dagger/round_<r>.safetensors``, r >= 1), in order.
+
+    Round 0, where present, holds a teacher's own episodes (method ``distill``), not
+    states the learner visited.
+    """
+    rounds = [
+        (int(p.stem.split("_", 1)[1]), p)
+        for p in (run / "dagger").glob("round_*.safetensors")
+        if p.stem.split("_", 1)[1].isdigit()
+    ]
+    return [p for r, p in sorted(rounds) if r >= 1]

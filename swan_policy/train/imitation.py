@@ -21,7 +21,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -351,6 +351,7 @@ def train(
     show: bool = True,
     labeller: Labeller | None = None,
     init_policy: SwanPolicy | None = None,
+    extra_data: Sequence[Path] = (),
 ) -> Path:
     """Train a gated policy by BC (+ DAgger); returns the final checkpoint directory.
 
@@ -360,6 +361,10 @@ def train(
     ``init_policy`` starts training from that policy (its architecture replaces
     ``cfg.policy``; fine-tuning, and the baselines of ``swan_policy.baselines``) instead of
     a freshly initialised one; its observation normalisation is recomputed from the demos.
+
+    ``extra_data``: labelled samples (``pixels``/``proprio``/``actions`` safetensors, e.g.
+    another run's ``dagger/round_<r>.safetensors``) trained on beside the demos. The
+    observation normalisation is still computed from the demos alone.
 
     Raises:
         TrainingInterrupted: after Ctrl-C (a checkpoint was written first).
@@ -416,6 +421,10 @@ def train(
         data = BCData(saved["pixels"], saved["proprio"], saved["actions"])
     else:
         data = load_bc_data(demo_path)
+    demo_proprio = data.proprio  # normalisation statistics: the demos alone
+    for path in extra_data:  # before any DAgger round: the same order when resumed
+        saved = load_tensors(path)
+        data.append(BCData(saved["pixels"], saved["proprio"], saved["actions"]))
     ckpt = latest_checkpoint(run_dir) if resume else None
     state = TrainerState()
     if ckpt is not None:
@@ -426,8 +435,8 @@ def train(
             data.append(BCData(saved["pixels"], saved["proprio"], saved["actions"]))
     else:
         policy = init_policy if init_policy is not None else SwanPolicy(policy_cfg)
-        std = data.proprio.std(0)
-        policy.set_normalization(data.proprio.mean(0), torch.where(std > 1e-6, std, 1.0), low, high)
+        std = demo_proprio.std(0)
+        policy.set_normalization(demo_proprio.mean(0), torch.where(std > 1e-6, std, 1.0), low, high)
     policy.to(device).train()
     if ctx.main:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -94,3 +94,58 @@ def test_export_run_refuses_to_finetune_an_rl_run(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="needs an imitation run, not method 'ppo'"):
         export_run(policy, cfg, tmp_path, tmp_path / "b", levels=[1.0], finetune=0.25)
     assert not (tmp_path / "b").exists()
+
+
+def test_dagger_rounds_lists_the_learners_rounds_in_order(tmp_path: Path) -> None:
+    from swan_policy.train.finetune import dagger_rounds
+
+    assert dagger_rounds(tmp_path) == []  # no dagger/ folder: a BC run
+    (tmp_path / "dagger").mkdir()
+    for name in ("round_0", "round_2", "round_10", "round_1", "round_x", "notes"):
+        (tmp_path / "dagger" / f"{name}.safetensors").write_bytes(b"")
+    rounds = [p.name for p in dagger_rounds(tmp_path)]
+    # round 0 (a teacher's own episodes) is not a learner round; 10 sorts after 2
+    assert rounds == ["round_1.safetensors", "round_2.safetensors", "round_10.safetensors"]
+
+
+def test_finetune_on_extra_data_trains_on_it_and_keeps_the_demo_normalisation(
+    reference_run: Path, tmp_path: Path
+) -> None:
+    from swan_policy.budget.ladder import fold_all_gates
+    from swan_policy.serialization import save_tensors
+    from swan_policy.train.finetune import finetune
+    from swan_policy.train.imitation import load_bc_data
+
+    cfg = finetune_config(load_config(reference_run / "config.yaml"), 1.0)
+    policy = SwanPolicy.from_pretrained(latest_checkpoint(reference_run))
+    demos = load_bc_data(Path(cfg.demos.path))
+    extra = tmp_path / "round_1.safetensors"  # labelled states far from the demos'
+    save_tensors(
+        extra,
+        {"pixels": demos.pixels, "proprio": demos.proprio + 5.0, "actions": -demos.actions},
+    )
+
+    def tune(name: str, data: list[Path]) -> tuple[SwanPolicy, dict]:
+        return finetune(fold_all_gates(policy), cfg, tmp_path / name, False, extra_data=data)
+
+    plain, plain_info = tune("plain", [])
+    more, info = tune("more", [extra])
+    assert "extra_data" not in plain_info and info["extra_data"] == [str(extra)]
+    # the normalisation comes from the demos alone, whatever else is trained on
+    torch.testing.assert_close(more.proprio_mean, plain.proprio_mean)
+    torch.testing.assert_close(more.proprio_std, plain.proprio_std)
+    # the same seed and steps: only the sampled data differs, so the weights do
+    diff = max(
+        (a - b).abs().max().item()
+        for a, b in zip(plain.state_dict().values(), more.state_dict().values(), strict=True)
+    )
+    assert diff > 1e-4
+    # unchanged: reused; the extra file changed: trained again
+    stamp = (tmp_path / "more" / "finetune.json").stat().st_mtime_ns
+    tune("more", [extra])
+    assert (tmp_path / "more" / "finetune.json").stat().st_mtime_ns == stamp
+    save_tensors(
+        extra, {"pixels": demos.pixels, "proprio": demos.proprio, "actions": demos.actions}
+    )
+    _, again = tune("more", [extra])
+    assert again["extra_hash"] != info["extra_hash"]
