@@ -176,10 +176,10 @@ def export(
     finetune_data: Annotated[
         str,
         typer.Option(
-            help="What --finetune trains on: 'demos' (the run's demo file) or 'run' (the "
-            "demos plus the run's DAgger rounds: states its own policy visited)."
+            help="What --finetune trains on: 'run' (the demos plus the run's DAgger rounds: "
+            "states its own policy visited) or 'demos' (the demo file alone)."
         ),
-    ] = "demos",
+    ] = "run",
 ) -> None:
     """Export a trained run to an ONNX bundle: one verified dense graph per budget level."""
     import json

@@ -110,7 +110,7 @@ def export_run(
     on_level: Callable[[LevelReport], None] | None = None,
     finetune: float = 0.0,
     finetune_lr_scale: float = 0.3,
-    finetune_data: FinetuneData = "demos",
+    finetune_data: FinetuneData = "run",
     show: bool = True,
 ) -> tuple[BundleReport, dict[str, Any]]:
     """Calibrate, (optionally) fine-tune each level, export and (optionally) evaluate;
@@ -120,8 +120,10 @@ def export_run(
     fine-tuned by BC on the run's demos for that fraction of the run's training steps
     (:mod:`swan_policy.train.finetune`; runs under ``runs/<name>/finetune/``, reused
     when nothing changed), and the fine-tuned model is what the bundle ships. With
-    ``finetune_data="run"`` it also trains on the run's DAgger rounds (the expert's labels
-    on states the run's own policy visited).
+    ``finetune_data="run"`` (the default) it also trains on the run's DAgger rounds (the
+    expert's labels on states the run's own policy visited; on Push-v0 level 0.25 scored
+    82-88% with them against 46% on the demos alone, docs/results.md); ``"demos"`` trains
+    on the demo file alone.
 
     Raises:
         ValueError: ``int8`` without closed-loop episodes, or a bad level.
