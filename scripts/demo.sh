@@ -4,7 +4,7 @@
 # at budgets 1.0 / 0.5 / 0.25 -> ONNX bundle (one fine-tuned dense graph per budget level,
 # parity asserted) -> the torch-free runtime in a 50 Hz control loop against the simulator.
 # 8-13 minutes on a 2-core CPU (12 min 38 s from a fresh clone in session 7, setup, export and
-# deploy included; 7 min 55 s in session 12 with .venv already set up).
+# deploy included; 8 min 44 s in session 13 with .venv already set up).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_venv.sh
@@ -19,8 +19,8 @@ echo "== swan eval: 50 episodes per budget"
 echo "== swan export: budget ladder -> one fine-tuned, verified ONNX graph per level -> $run/bundle"
 # A level keeps the same units for every input. As cut, the 1024-unit head's levels lost
 # up to 88 points (level 0.25: 6% against 94% for the gated policy at b = 0.25); a short BC
-# fine-tune of each level on the demos (--finetune 0.25, about a minute) won it back:
-# 98 / 96 / 96 / 98% at levels 1 / 0.75 / 0.5 / 0.25 (docs/results.md, session 13)
+# fine-tune of each level on the run's demos and DAgger rounds (--finetune 0.25) wins it
+# back: 94.0-98.7% at every level, averaged over 3 seeds (docs/results.md, session 13)
 .venv/bin/swan export --run "$run" --out "$run/bundle" --calib-episodes 20 --finetune 0.25
 echo "== swan deploy: torch-free runtime, 50 Hz, 5 ms deadline, per-step scheduler"
 .venv/bin/swan deploy --bundle "$run/bundle" --task swan_envs/Reach-v0 --rate 50 \

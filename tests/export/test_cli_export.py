@@ -65,6 +65,10 @@ def test_swan_export_user_errors(tmp_path, capsys) -> None:
         (["--out", str(out)], f"error: --out: {out} exists (pass --overwrite to replace it)"),
         (["--out", str(tmp_path / "b"), "--gates", "open"], "error: --gates: expected"),
         (["--out", str(tmp_path / "b"), "--levels", "1,2"], "error: --budgets: each budget"),
+        (
+            ["--out", str(tmp_path / "b"), "--finetune-data", "all"],
+            "error: --finetune-data: expected 'demos' or 'run', got 'all'",
+        ),
     ]
     for extra, message in cases:
         assert main(["export", "--run", str(run), *extra]) == 2
