@@ -13,9 +13,10 @@ model (torch, masked mode), beside the gated policy at the level's budget:
 * ``own``: each level ranked by the frequency at its own budget. Levels then need not
   nest (a unit kept at 0.25 may be dropped at 0.5), which one shared ranking guarantees.
 
-With ``--finetune FRAC`` each folded level is also fine-tuned exactly as ``swan export
---finetune`` does (BC on the run's demos; runs under ``--work``) and played again (rows
-with ``"finetuned": true``): does the ranking still matter after a fine-tune?
+With ``--finetune FRAC`` each folded level is also fine-tuned as ``swan export --finetune
+FRAC --finetune-data demos`` does (BC on the run's demo file alone; runs under ``--work``)
+and played again (rows with ``"finetuned": true``): does the ranking still matter after a
+fine-tune?
 
     MUJOCO_GL=egl OMP_NUM_THREADS=1 python scripts/ladder_ranking.py --run runs/demo \
         --levels 0.5 0.25 --episodes 50 --out runs/ladder_ranking.json

@@ -261,8 +261,8 @@ def export(
         console.print(
             "note: levels below 1 are static cuts (the same units for every input), not "
             "fine-tuned; with a 1024-unit head level 0.25 fell to 6% where the gated policy "
-            "scored 94%. --finetune 0.25 fine-tunes each level on the run's demos "
-            "(docs/results.md, issue 7).",
+            "scored 94%. --finetune 0.25 fine-tunes each level on the run's demos and DAgger "
+            "rounds (docs/results.md, issue 7).",
             highlight=False,
         )
     if report.gated is not None:

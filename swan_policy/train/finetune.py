@@ -66,7 +66,7 @@ def finetune(
 
     Returns:
         The fine-tuned model (eval mode) and ``{"steps", "samples", "config_hash",
-        "run"}``.
+        "init_hash", "run"}``, plus ``"extra_data"`` and ``"extra_hash"`` with extra data.
     """
     from swan_policy.deploy.runtime import sha256_file
     from swan_policy.export.onnx import config_hash
