@@ -121,9 +121,9 @@ def export_run(
     (:mod:`swan_policy.train.finetune`; runs under ``runs/<name>/finetune/``, reused
     when nothing changed), and the fine-tuned model is what the bundle ships. With
     ``finetune_data="run"`` (the default) it also trains on the run's DAgger rounds (the
-    expert's labels on states the run's own policy visited; on Push-v0 level 0.25 scored
-    82-88% with them against 46% on the demos alone, docs/results.md); ``"demos"`` trains
-    on the demo file alone.
+    expert's labels on states the run's own policy visited; on one Push-v0 run level 0.25
+    scored 82% with them against 46% on the demos alone, docs/results.md); ``"demos"``
+    trains on the demo file alone.
 
     Raises:
         ValueError: ``int8`` without closed-loop episodes, or a bad level.
