@@ -93,6 +93,12 @@ class BCData:
         return obs, self.actions[idx]
 
 
+def load_labelled(path: Path) -> BCData:
+    """Labelled samples saved by :func:`save_tensors` (a DAgger round, teacher demos)."""
+    saved = load_tensors(path)
+    return BCData(saved["pixels"], saved["proprio"], saved["actions"])
+
+
 def load_bc_data(path: Path) -> BCData:
     from swan_policy.data.demos import load_demos
 
@@ -340,8 +346,7 @@ def teacher_demos(
         save_tensors(path, {"pixels": new.pixels, "proprio": new.proprio, "actions": new.actions})
         if show:
             print(f"teacher demos: {cfg.demos.episodes} episodes, success {success:.0%}")
-    saved = load_tensors(path)
-    return BCData(saved["pixels"], saved["proprio"], saved["actions"])
+    return load_labelled(path)
 
 
 def train(
@@ -417,22 +422,19 @@ def train(
     if ctx.world > 1:
         dist.barrier()
     if labeller is not None:
-        saved = load_tensors(demo_path)
-        data = BCData(saved["pixels"], saved["proprio"], saved["actions"])
+        data = load_labelled(demo_path)
     else:
         data = load_bc_data(demo_path)
     demo_proprio = data.proprio  # normalisation statistics: the demos alone
     for path in extra_data:  # before any DAgger round: the same order when resumed
-        saved = load_tensors(path)
-        data.append(BCData(saved["pixels"], saved["proprio"], saved["actions"]))
+        data.append(load_labelled(path))
     ckpt = latest_checkpoint(run_dir) if resume else None
     state = TrainerState()
     if ckpt is not None:
         loaded = load_checkpoint(ckpt)
         policy, state = loaded.policy, loaded.state
         for r in range(1, int(state.extras.get("dagger_rounds_done", 0)) + 1):
-            saved = load_tensors(run_dir / "dagger" / f"round_{r}.safetensors")
-            data.append(BCData(saved["pixels"], saved["proprio"], saved["actions"]))
+            data.append(load_labelled(run_dir / "dagger" / f"round_{r}.safetensors"))
     else:
         policy = init_policy if init_policy is not None else SwanPolicy(policy_cfg)
         std = demo_proprio.std(0)
@@ -541,8 +543,7 @@ def train(
                     )
                 if ctx.world > 1:
                     dist.barrier()
-                saved = load_tensors(path)
-                data.append(BCData(saved["pixels"], saved["proprio"], saved["actions"]))
+                data.append(load_labelled(path))
                 state.extras["dagger_rounds_done"] = r
                 progress.update(task, description="train")
             try:
