@@ -23,6 +23,8 @@ checks the issue's targets. Runs go to ``<out>/<task>/seed<k>/<arm>``; finished 
 reused (``--fresh`` retrains); ``--arms ... --merge`` re-runs only those arms and keeps
 the other rows of the earlier JSON. ``--reuse-swan`` takes a finished ``swan train`` run of the
 same config per seed (``{seed}`` in the path) instead of training the SWAN arm again.
+``--combine A.json B.json ...`` trains and evaluates nothing: it aggregates the per-seed
+rows of earlier runs of this script (one seed per process, say) into one table.
 
     python scripts/bench_tradeoff.py --task swan_envs/Reach-v0 --seeds 0 1 2 --episodes 50 \\
         --reuse-swan 'runs/bench_imitation/reach_bc-seed{seed}'
@@ -405,15 +407,25 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         help="Replace only these --arms' rows in an earlier run's JSON (same seeds).",
     )
     parser.add_argument("--quiet", action="store_true", help="No training progress bars.")
+    parser.add_argument(
+        "--combine",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="Train and evaluate nothing: aggregate these earlier outputs' per-seed rows "
+        "(same task, variation, episodes and levels; distinct seeds).",
+    )
     args = parser.parse_args(argv)
     if sorted(set(args.levels)) != sorted(args.levels) or not all(0 < b < 1 for b in args.levels):
         parser.error("--levels: distinct budgets in (0, 1)")
     console = Console()
+    command = "python scripts/bench_tradeoff.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.combine:
+        return write_result(combined(args.combine, command), args.docs, console)
     t0 = time.perf_counter()
     per_seed = [run_seed(s, args, console) for s in args.seeds]
     slug = task_slug(args.task, args.variation)
     out_json = args.docs / f"tradeoff_{slug}.json"
-    command = "python scripts/bench_tradeoff.py " + " ".join(sys.argv[1:] if argv is None else argv)
     commands = [command]
     if args.merge and out_json.exists():  # keep the other arms' rows of the earlier run
         old = json.loads(out_json.read_text())
@@ -427,29 +439,75 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             for s, rows in zip(args.seeds, per_seed, strict=True)
         ]
         commands = [*old.get("commands", [old["command"]]), command]
-    rows = aggregate(per_seed)
-    title = (
-        f"{args.task} (variation {args.variation}): {len(args.seeds)} seed(s) x "
-        f"{args.episodes} episodes"
+    result = make_result(
+        {
+            "task": args.task,
+            "variation": args.variation,
+            "seeds": args.seeds,
+            "episodes": args.episodes,
+            "eval_seed": args.eval_seed,
+            "levels": args.levels,
+            "command": commands[0],
+            "commands": commands,
+            "minutes": (time.perf_counter() - t0) / 60,
+        },
+        per_seed,
     )
-    result = {
-        "task": args.task,
-        "variation": args.variation,
-        "seeds": args.seeds,
-        "episodes": args.episodes,
-        "levels": args.levels,
-        "command": commands[0],
-        "commands": commands,
-        "minutes": (time.perf_counter() - t0) / 60,
-        "rows": rows,
-        "checks": checks(rows),
-        "per_seed": per_seed,
+    return write_result(result, args.docs, console)
+
+
+def make_result(meta: dict[str, Any], per_seed: list[list[dict[str, Any]]]) -> dict[str, Any]:
+    rows = aggregate(per_seed)
+    return {**meta, "rows": rows, "checks": checks(rows), "per_seed": per_seed}
+
+
+def combined(paths: Sequence[Path], command: str) -> dict[str, Any]:
+    """One result from several earlier outputs of this script (``--combine``)."""
+    parts = []
+    for path in paths:
+        try:
+            parts.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"error: --combine: cannot read {path}: {e}") from None
+    first = parts[0]
+    for key in ("task", "variation", "episodes", "eval_seed", "levels"):
+        values = {json.dumps(p[key]) for p in parts if key in p}  # older files lack eval_seed
+        if len(values) > 1:
+            raise SystemExit(f"error: --combine: the files differ in {key}: {sorted(values)}")
+    seeds = [s for p in parts for s in p["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"error: --combine: a seed appears twice: {seeds}")
+    per_seed = [rows for p in parts for rows in p["per_seed"]]
+    keys = [sorted((r["arm"], r["level"] or 0.0) for r in rows) for rows in per_seed]
+    for s, k in zip(seeds, keys, strict=True):
+        if k != keys[0]:
+            missing = sorted(set(keys[0]) ^ set(k))
+            raise SystemExit(
+                f"error: --combine: seed {s} has other rows than seed {seeds[0]}: {missing}"
+            )
+    meta = {key: first.get(key) for key in ("task", "variation", "episodes", "eval_seed")}
+    meta |= {
+        "seeds": seeds,
+        "levels": first["levels"],
+        "command": command,
+        "commands": [*(c for p in parts for c in p.get("commands", [p["command"]])), command],
+        "minutes": sum(p.get("minutes", 0.0) for p in parts),
     }
-    args.docs.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(result, indent=2) + "\n")
-    table = markdown(rows, title)
-    (args.docs / f"tradeoff_{slug}.md").write_text(table)
-    plot(rows, args.docs / f"tradeoff_{slug}.png", title)
+    return make_result(meta, per_seed)
+
+
+def write_result(result: dict[str, Any], docs: Path, console: Console) -> dict[str, Any]:
+    """``<docs>/tradeoff_<task>.{json,md,png}``; prints the table and the target checks."""
+    slug = task_slug(result["task"], result["variation"])
+    title = (
+        f"{result['task']} (variation {result['variation']}): {len(result['seeds'])} seed(s) x "
+        f"{result['episodes']} episodes"
+    )
+    docs.mkdir(parents=True, exist_ok=True)
+    (docs / f"tradeoff_{slug}.json").write_text(json.dumps(result, indent=2) + "\n")
+    table = markdown(result["rows"], title)
+    (docs / f"tradeoff_{slug}.md").write_text(table)
+    plot(result["rows"], docs / f"tradeoff_{slug}.png", title)
     console.print(table)
     console.print(json.dumps(result["checks"], indent=2))
     return result

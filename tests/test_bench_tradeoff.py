@@ -99,3 +99,45 @@ def test_tradeoff_benchmark_writes_table_json_and_plot(tmp_path: Path) -> None:
     assert "train" not in again.stdout  # nothing retrained
     dense_again = next(r for r in merged["rows"] if r["arm"] == "dense")
     assert dense_again["success_per_seed"] == dense["success_per_seed"]  # same episodes
+
+    # --combine aggregates per-seed outputs without training or evaluating anything
+    other = json.loads(json.dumps(merged))
+    other["seeds"] = [1]
+    for r in other["per_seed"][0]:
+        r["success"] = 1.0 - r["success"]
+    (tmp_path / "seed1.json").write_text(json.dumps(other))
+    (tmp_path / "seed0.json").write_text(json.dumps(merged))
+    combine = [
+        sys.executable,
+        str(REPO / "scripts" / "bench_tradeoff.py"),
+        "--docs",
+        str(tmp_path / "combined"),
+        "--combine",
+        str(tmp_path / "seed0.json"),
+        str(tmp_path / "seed1.json"),
+    ]
+    both = subprocess.run(combine, capture_output=True, text=True, env=env, timeout=120)
+    assert both.returncode == 0, both.stderr[-3000:]
+    out = json.loads((tmp_path / "combined" / "tradeoff_reach.json").read_text())
+    assert out["seeds"] == [0, 1] and len(out["commands"]) == 2 * len(merged["commands"]) + 1
+    for r in out["rows"]:
+        assert len(r["success_per_seed"]) == 2 and abs(r["success_mean"] - 0.5) < 1e-9
+    assert imageio.imread(tmp_path / "combined" / "tradeoff_reach.png").ndim == 3
+    # refused: a seed twice; files from other settings; seeds with other rows
+    same = subprocess.run(
+        [*combine[:-1], str(tmp_path / "seed0.json")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert same.returncode != 0 and "a seed appears twice" in same.stderr
+    other["episodes"] = 7
+    (tmp_path / "seed1.json").write_text(json.dumps(other))
+    diff = subprocess.run(combine, capture_output=True, text=True, env=env, timeout=120)
+    assert diff.returncode != 0 and "differ in episodes" in diff.stderr
+    other["episodes"] = merged["episodes"]
+    other["per_seed"][0] = [r for r in other["per_seed"][0] if r["arm"] != "slimmable"]
+    (tmp_path / "seed1.json").write_text(json.dumps(other))
+    rows = subprocess.run(combine, capture_output=True, text=True, env=env, timeout=120)
+    assert rows.returncode != 0 and "other rows" in rows.stderr
