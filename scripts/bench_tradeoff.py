@@ -165,9 +165,11 @@ def run_seed(seed: int, args: argparse.Namespace, console: Console) -> list[dict
     ladder = ladder_of(swan, cfg, args)
     targets: dict[float, float] = {}
     levels_rows = []
+    # without the swan arm only the levels' MACs are needed: a gate-free level's are fixed
+    level_args = args if "swan" in arms else argparse.Namespace(**{**vars(args), "episodes": 1})
     for b in args.levels:
         level = level_policy(swan, ladder, b, "folded")
-        r = evaluate(level, cfg, args)[0]
+        r = evaluate(level, cfg, level_args)[0]
         targets[b] = r.macs_per_step
         levels_rows.append(row("swan-ladder", b, r, samples=swan_info["samples"]))
     if "swan" in arms:
@@ -251,12 +253,18 @@ def run_seed(seed: int, args: argparse.Namespace, console: Console) -> list[dict
     return rows
 
 
-def aggregate(per_seed: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Mean ± std over seeds per (arm, level), in first-seed order."""
-    keys = [(r["arm"], r["level"]) for r in per_seed[0]]
+def aggregate(per_seed: list[list[dict[str, Any]]], seeds: Sequence[int]) -> list[dict[str, Any]]:
+    """Mean ± std per (arm, level) over the seeds that have the row, in first-seen order."""
+    keys = list(dict.fromkeys((r["arm"], r["level"]) for rows in per_seed for r in rows))
     out = []
     for arm, level in keys:
-        rs = [r for rows in per_seed for r in rows if (r["arm"], r["level"]) == (arm, level)]
+        has = [
+            (s, r)
+            for s, rows in zip(seeds, per_seed, strict=True)
+            for r in rows
+            if (r["arm"], r["level"]) == (arm, level)
+        ]
+        rs = [r for _, r in has]
         succ = mean_std([r["success"] for r in rs])
         macs = statistics.fmean(r["macs"] for r in rs)
         dense = statistics.fmean(r["dense_macs"] for r in rs)
@@ -266,6 +274,7 @@ def aggregate(per_seed: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
             "success_mean": succ[0],
             "success_std": succ[1],
             "success_per_seed": [r["success"] for r in rs],
+            "seeds": [s for s, _ in has],
             "return_mean": statistics.fmean(r["return"] for r in rs),
             "macs": macs,
             "of_dense": macs / dense,
@@ -421,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     console = Console()
     command = "python scripts/bench_tradeoff.py " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.combine:
-        return write_result(combined(args.combine, command), args.docs, console)
+        return write_result(combined(args.combine, command, console), args.docs, console)
     t0 = time.perf_counter()
     per_seed = [run_seed(s, args, console) for s in args.seeds]
     slug = task_slug(args.task, args.variation)
@@ -457,12 +466,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 def make_result(meta: dict[str, Any], per_seed: list[list[dict[str, Any]]]) -> dict[str, Any]:
-    rows = aggregate(per_seed)
+    rows = aggregate(per_seed, meta["seeds"])
     return {**meta, "rows": rows, "checks": checks(rows), "per_seed": per_seed}
 
 
-def combined(paths: Sequence[Path], command: str) -> dict[str, Any]:
-    """One result from several earlier outputs of this script (``--combine``)."""
+def combined(paths: Sequence[Path], command: str, console: Console) -> dict[str, Any]:
+    """One result from several earlier outputs of this script (``--combine``).
+
+    A row that some seeds lack (an arm not yet run there) is averaged over the seeds that
+    have it; its ``seeds`` lists them and a warning names it.
+    """
     parts = []
     for path in paths:
         try:
@@ -478,13 +491,11 @@ def combined(paths: Sequence[Path], command: str) -> dict[str, Any]:
     if len(set(seeds)) != len(seeds):
         raise SystemExit(f"error: --combine: a seed appears twice: {seeds}")
     per_seed = [rows for p in parts for rows in p["per_seed"]]
-    keys = [sorted((r["arm"], r["level"] or 0.0) for r in rows) for rows in per_seed]
-    for s, k in zip(seeds, keys, strict=True):
-        if k != keys[0]:
-            missing = sorted(set(keys[0]) ^ set(k))
-            raise SystemExit(
-                f"error: --combine: seed {s} has other rows than seed {seeds[0]}: {missing}"
-            )
+    have = [{(r["arm"], r["level"]) for r in rows} for rows in per_seed]
+    for arm, level in sorted(set().union(*have), key=str):
+        lack = [s for s, h in zip(seeds, have, strict=True) if (arm, level) not in h]
+        if lack:
+            console.print(f"[yellow]warning:[/] row {arm} {level} lacks seeds {lack}")
     meta = {key: first.get(key) for key in ("task", "variation", "episodes", "eval_seed")}
     meta |= {
         "seeds": seeds,
