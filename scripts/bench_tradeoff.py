@@ -496,7 +496,8 @@ def combined(paths: Sequence[Path], command: str, console: Console) -> dict[str,
         lack = [s for s, h in zip(seeds, have, strict=True) if (arm, level) not in h]
         if lack:
             console.print(f"[yellow]warning:[/] row {arm} {level} lacks seeds {lack}")
-    meta = {key: first.get(key) for key in ("task", "variation", "episodes", "eval_seed")}
+    meta = {key: first[key] for key in ("task", "variation", "episodes")}
+    meta["eval_seed"] = next((p["eval_seed"] for p in parts if "eval_seed" in p), None)
     meta |= {
         "seeds": seeds,
         "levels": first["levels"],
