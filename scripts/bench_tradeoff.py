@@ -436,6 +436,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     slug = task_slug(args.task, args.variation)
     out_json = args.docs / f"tradeoff_{slug}.json"
     commands = [command]
+    minutes_before = 0.0  # "minutes": every command's wall time, summed
     if args.merge and out_json.exists():  # keep the other arms' rows of the earlier run
         old = json.loads(out_json.read_text())
         old_rows = dict(zip(old["seeds"], old["per_seed"], strict=True))
@@ -448,6 +449,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             for s, rows in zip(args.seeds, per_seed, strict=True)
         ]
         commands = [*old.get("commands", [old["command"]]), command]
+        minutes_before = old.get("minutes", 0.0)
     result = make_result(
         {
             "task": args.task,
@@ -458,7 +460,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "levels": args.levels,
             "command": commands[0],
             "commands": commands,
-            "minutes": (time.perf_counter() - t0) / 60,
+            "minutes": minutes_before + (time.perf_counter() - t0) / 60,
         },
         per_seed,
     )

@@ -96,6 +96,7 @@ def test_tradeoff_benchmark_writes_table_json_and_plot(tmp_path: Path) -> None:
     merged = json.loads((docs / "tradeoff_reach.json").read_text())
     assert {r["arm"] for r in merged["rows"]} == ARMS
     assert len(merged["commands"]) == 2 and merged["command"] == result["command"]
+    assert merged["minutes"] > result["minutes"]  # both commands' time
     assert "train" not in again.stdout  # nothing retrained
     dense_again = next(r for r in merged["rows"] if r["arm"] == "dense")
     assert dense_again["success_per_seed"] == dense["success_per_seed"]  # same episodes
