@@ -14,7 +14,8 @@ training pipeline and steps (samples seen), and the same evaluation episodes:
   fine-tuned by BC for ``--finetune-frac`` of the training steps (extra samples,
   reported). ``pruned-noft`` is the pruned model before fine-tuning.
 * ``slimmable``: one model, width prefixes, sandwich rule, gates that ignore the input
-  (``swan_policy.baselines.make_slimmable``), evaluated at each level's prefix widths.
+  (``swan_policy.baselines.make_slimmable``), evaluated at the width prefix whose MACs are
+  nearest each level's (``matched_prefix_budget``; the row records ``prefix_budget``).
 * ``ladder-ft``: SWAN's ladder levels fine-tuned exactly like ``pruned`` (row
   ``swan-ladder-ft``): SWAN's unit ranking and weights as the starting point instead of L1.
 
@@ -45,7 +46,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from swan_policy.baselines import dense_config, l1_prune, make_slimmable
+from swan_policy.baselines import dense_config, l1_prune, make_slimmable, matched_prefix_budget
 from swan_policy.budget.ladder import Ladder, calibrate_ladder, level_policy
 from swan_policy.config import ExperimentConfig, load_config
 from swan_policy.envs import make_env, resolve_policy_config
@@ -236,15 +237,22 @@ def run_seed(seed: int, args: argparse.Namespace, console: Console) -> list[dict
         torch.manual_seed(seed)
         slim_init = make_slimmable(SwanPolicy(resolved))
         slim, linfo = trained(root / "slimmable", cfg, slim_init, args.fresh, console, args.quiet)
-        prefix = ladder_of(slim, cfg, args)
+        # each level's prefix is the one whose MACs are nearest the SWAN level's: a level
+        # also drops never-active units, so ceil(b * N) units can be well over its MACs
+        lo = cfg.bc.b_min if cfg.bc.sandwich else 0.0
+        widths = {b: matched_prefix_budget(resolved, targets[b], lo) for b in args.levels}
+        obs = calibration_rollouts(slim, cfg, args.calib_episodes, 0, args.workers)
+        prefix = calibrate_ladder(slim, obs, sorted({1.0, *widths.values()}, reverse=True))
         for b in [1.0, *args.levels]:
-            r = evaluate(level_policy(slim, prefix, b, "folded"), cfg, args)[0]
+            pb = widths.get(b, 1.0)
+            r = evaluate(level_policy(slim, prefix, pb, "folded"), cfg, args)[0]
             rows.append(
                 row(
                     "slimmable",
                     b,
                     r,
                     target_macs=targets.get(b, dense_full),
+                    prefix_budget=pb,
                     samples=linfo["samples"],
                 )
             )
@@ -283,7 +291,11 @@ def aggregate(per_seed: list[list[dict[str, Any]]], seeds: Sequence[int]) -> lis
         if "target_macs" in rs[0]:
             target = statistics.fmean(r["target_macs"] for r in rs)
             rec["target_macs"] = target
-            rec["macs_vs_target"] = max(r["macs"] / r["target_macs"] for r in rs)
+            # the seed farthest from its target, either way
+            ratios = [r["macs"] / r["target_macs"] for r in rs]
+            rec["macs_vs_target"] = max(ratios, key=lambda x: abs(x - 1.0))
+        if "prefix_budget" in rs[0]:
+            rec["prefix_budget"] = [r["prefix_budget"] for r in rs]
         out.append(rec)
     return out
 
@@ -337,6 +349,8 @@ def markdown(rows: list[dict[str, Any]], title: str) -> str:
     ]
     for r in rows:
         level = "-" if r["level"] is None else f"{r['level']:g}"
+        if r.get("prefix_budget") and r["prefix_budget"] != [r["level"]] * len(r["prefix_budget"]):
+            level += " (prefix " + "/".join(f"{b:.3g}" for b in r["prefix_budget"]) + ")"
         per = "/".join(f"{100 * s:.0f}" for s in r["success_per_seed"])
         lines.append(
             f"| {r['arm']} | {level} | {r['success_mean']:.1%} ± {r['success_std']:.1%} | "

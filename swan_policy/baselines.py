@@ -16,16 +16,21 @@ pipeline, MAC counting and evaluation with SWAN and only the thing being compare
   ``ceil(b * N)`` units of each layer -- width prefixes, trained with the same sandwich
   rule as SWAN (Yu et al., "Slimmable Neural Networks", 2019). Its budget ladder, which
   ranks units by frequency and then by mean gate logit, is exactly the prefix order.
+  :func:`matched_prefix_budget` picks the prefix budget whose MACs are nearest a target's
+  (a SWAN level also drops units that are never active, so its MACs can be well under
+  ``ceil(b * N)`` units' worth).
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Mapping
 
 import torch
 
 from swan_policy.compact import compact_policy
 from swan_policy.config import PolicyConfig
+from swan_policy.nn.gates import units_for_budget
 from swan_policy.nn.layers import GatedConv2d
 from swan_policy.policy import SwanPolicy
 
@@ -36,6 +41,53 @@ def layer_names(config: PolicyConfig) -> list[str]:
     return [f"encoder.layers.{i}" for i in range(n_enc)] + [
         f"head.layers.{j}" for j in range(len(config.head.hidden))
     ]
+
+
+def layer_widths(config: PolicyConfig) -> dict[str, int]:
+    """Each gated layer's unit count, by name (as :func:`layer_names`)."""
+    n_enc = len(config.encoder.channels) if config.pixels else 0
+    widths = [*config.encoder.channels[:n_enc], *config.head.hidden]
+    return dict(zip(layer_names(config), widths, strict=True))
+
+
+def prefix_macs(config: PolicyConfig, budget: float) -> int:
+    """MACs per sample of the width prefix ``ceil(budget * N)`` of every gated layer."""
+    units = {k: units_for_budget(budget, n) for k, n in layer_widths(config).items()}
+    return SwanPolicy(dense_config(config, units)).dense_macs()
+
+
+def matched_prefix_budget(config: PolicyConfig, target_macs: float, lo: float = 0.0) -> float:
+    """The width-prefix budget in ``[lo, 1]`` whose MACs are nearest ``target_macs``.
+
+    A prefix only changes where some layer's ``ceil(b * N)`` steps, at ``b = i / N``, so
+    those budgets are the candidates; MACs rise with the budget, so a bisection finds the
+    first candidate at or above the target, and the nearer of it and the one before wins
+    (the smaller budget on a tie). ``lo`` keeps the answer among the budgets a sandwich
+    trained (its ``b_min``): no budget under ``lo`` is a candidate (the first breakpoint at
+    or above ``lo`` keeps the same units as ``lo`` itself).
+
+    Raises:
+        ValueError: ``lo`` is not in ``[0, 1]``.
+    """
+    if not 0.0 <= lo <= 1.0:
+        raise ValueError(f"lo must be in [0, 1], got {lo!r}")
+    widths = layer_widths(config).values()
+    points = sorted({i / n for n in widths for i in range(1, n + 1)})
+    # the prefix at lo equals the prefix at the first breakpoint >= lo
+    points = [b for b in points if b >= lo - 1e-12] or [1.0]
+    macs: dict[int, int] = {}
+
+    def at(i: int) -> int:
+        if i not in macs:
+            macs[i] = prefix_macs(config, points[i])
+        return macs[i]
+
+    i = bisect.bisect_left(range(len(points)), target_macs, key=at)
+    if i == len(points):
+        return points[-1]
+    if i > 0 and abs(at(i - 1) - target_macs) <= abs(at(i) - target_macs):
+        return points[i - 1]
+    return points[i]
 
 
 def dense_config(config: PolicyConfig, units: Mapping[str, int]) -> PolicyConfig:

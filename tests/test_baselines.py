@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from swan_policy.baselines import dense_config, l1_prune, l1_scores, layer_names, make_slimmable
+from swan_policy.baselines import (
+    dense_config,
+    l1_prune,
+    l1_scores,
+    layer_names,
+    layer_widths,
+    make_slimmable,
+    matched_prefix_budget,
+    prefix_macs,
+)
 from swan_policy.budget.ladder import calibrate_ladder, graph_macs, level_policy
 from swan_policy.nn.layers import GatedConv2d
 from swan_policy.policy import SwanPolicy
@@ -99,3 +108,27 @@ def test_slimmable_gates_are_input_independent_prefixes_and_stay_frozen() -> Non
         assert order == sorted(order), name
     with pytest.raises(ValueError, match="gated policy"):
         make_slimmable(_dense())
+
+
+def test_matched_prefix_budget_finds_the_nearest_prefix_above_lo() -> None:
+    cfg = tiny_config()
+    widths = layer_widths(cfg)
+    assert list(widths) == layer_names(cfg)
+    # a prefix's own MACs give back its budget (the smallest budget with those units)
+    for b in (0.25, 0.5, 0.75, 1.0):
+        found = matched_prefix_budget(cfg, prefix_macs(cfg, b))
+        assert prefix_macs(cfg, found) == prefix_macs(cfg, b)
+        assert found <= b
+    # a target between two prefixes: the nearer one, and it is the nearest of all
+    budgets = sorted({i / n for n in widths.values() for i in range(1, n + 1)})
+    macs = [prefix_macs(cfg, b) for b in budgets]
+    for a, b in zip(macs, macs[1:], strict=False):
+        for target in (0.3 * a + 0.7 * b, 0.7 * a + 0.3 * b):
+            got = prefix_macs(cfg, matched_prefix_budget(cfg, target))
+            assert abs(got - target) == min(abs(m - target) for m in macs), (a, b, target)
+    # beyond either end: the end; under lo: the prefix at lo
+    assert matched_prefix_budget(cfg, 10 * macs[-1]) == 1.0
+    assert matched_prefix_budget(cfg, 0) == budgets[0]
+    assert prefix_macs(cfg, matched_prefix_budget(cfg, 0, lo=0.5)) == prefix_macs(cfg, 0.5)
+    with pytest.raises(ValueError, match="lo must be"):
+        matched_prefix_budget(cfg, 1.0, lo=1.5)

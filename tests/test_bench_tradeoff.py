@@ -73,6 +73,9 @@ def test_tradeoff_benchmark_writes_table_json_and_plot(tmp_path: Path) -> None:
         assert len(r["success_per_seed"]) == 1
         if "target_macs" in r:  # the baselines' MACs match their level within 5%
             assert abs(r["macs"] / r["target_macs"] - 1.0) <= 0.05, r
+    for r in (r for r in rows if r["arm"] == "slimmable"):  # the prefix it was evaluated at
+        assert len(r["prefix_budget"]) == 1 and 0.0 < r["prefix_budget"][0] <= 1.0, r
+        assert (r["level"] == 1.0) == (r["prefix_budget"] == [1.0]), r
     dense = next(r for r in rows if r["arm"] == "dense")
     assert dense["of_dense"] == 1.0
     level = next(r for r in rows if r["arm"] == "swan-ladder")
