@@ -129,9 +129,16 @@ def evaluate(
     )
 
 
-def ladder_of(policy: SwanPolicy, cfg: ExperimentConfig, args: argparse.Namespace) -> Ladder:
+def ladder_of(
+    policy: SwanPolicy,
+    cfg: ExperimentConfig,
+    args: argparse.Namespace,
+    levels: Sequence[float] | None = None,
+) -> Ladder:
+    """The policy's ladder over ``levels`` (default: 1 and ``--levels``), calibrated on
+    ``--calib-episodes`` rollouts."""
     obs = calibration_rollouts(policy, cfg, args.calib_episodes, 0, args.workers)
-    return calibrate_ladder(policy, obs, [1.0, *args.levels])
+    return calibrate_ladder(policy, obs, [1.0, *args.levels] if levels is None else levels)
 
 
 def row(arm: str, level: float | None, r: BudgetResult, **extra: Any) -> dict[str, Any]:
@@ -241,8 +248,7 @@ def run_seed(seed: int, args: argparse.Namespace, console: Console) -> list[dict
         # also drops never-active units, so ceil(b * N) units can be well over its MACs
         lo = cfg.bc.b_min if cfg.bc.sandwich else 0.0
         widths = {b: matched_prefix_budget(resolved, targets[b], lo) for b in args.levels}
-        obs = calibration_rollouts(slim, cfg, args.calib_episodes, 0, args.workers)
-        prefix = calibrate_ladder(slim, obs, sorted({1.0, *widths.values()}, reverse=True))
+        prefix = ladder_of(slim, cfg, args, sorted({1.0, *widths.values()}, reverse=True))
         for b in [1.0, *args.levels]:
             pb = widths.get(b, 1.0)
             r = evaluate(level_policy(slim, prefix, pb, "folded"), cfg, args)[0]
