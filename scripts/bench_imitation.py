@@ -10,7 +10,8 @@ episodes / budgets / evaluation seed) and reused by a later call with the same t
 evaluator plays the same episodes whatever the worker count), so seeds trained by separate
 processes in parallel are aggregated by one more call over all of them without evaluating
 again, and a finished run can be evaluated on more episodes (``--episodes 200``) without
-losing its earlier evaluation or its training time.
+losing its earlier evaluation or its training time. ``--resume`` continues a seed whose
+training was interrupted from its last checkpoint instead of starting it again.
 
     python scripts/bench_imitation.py --config configs/reach_bc.yaml --seeds 0 1 2 --episodes 50
 """
@@ -31,6 +32,7 @@ from rich.table import Table
 from swan_policy.cli import load_run_policy
 from swan_policy.config import load_config
 from swan_policy.evaluate import evaluate_policy
+from swan_policy.train.checkpoint import latest_checkpoint
 from swan_policy.train.imitation import train
 
 
@@ -53,6 +55,29 @@ def read_store(cache: Path) -> dict[str, Any]:
     return {"train_minutes": saved["train_minutes"], "evals": [{k: saved[k] for k in keep}]}
 
 
+SEGMENT = "bench_segment.json"  # when the current training segment started, and time before it
+
+
+def minutes_so_far(run: Path) -> float:
+    """Training minutes of an unfinished run, for ``--resume``.
+
+    Each segment runs from its start (``bench_segment.json``; for a run started before that
+    file existed, the first ``config.yaml`` write) to the run's last log line (the mtime of
+    ``metrics.jsonl``). Work after the last log line is lost on an interruption anyway: the
+    run resumes from its last checkpoint.
+    """
+    metrics = run / "metrics.jsonl"
+    if not metrics.is_file():
+        return 0.0
+    seg = run / SEGMENT
+    if seg.is_file():
+        saved = json.loads(seg.read_text())
+        before, started = float(saved["minutes_before"]), float(saved["started"])
+    else:
+        before, started = 0.0, (run / "config.yaml").stat().st_mtime
+    return before + max(0.0, metrics.stat().st_mtime - started) / 60
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, required=True)
@@ -63,6 +88,11 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--out", type=Path, default=Path("runs/bench_imitation"))
     parser.add_argument("--fresh", action="store_true", help="Retrain seeds already done.")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="Resume an unfinished seed from its last checkpoint (default: start it again).",
+    )
     args = parser.parse_args()
     console = Console()
     per_seed = []
@@ -74,10 +104,22 @@ def main() -> None:
         cache = run / "bench_eval.json"
         t0 = time.perf_counter()
         if not (run / "best").is_dir():
-            if run.exists():
+            resume = args.resume and run.is_dir() and latest_checkpoint(run) is not None
+            before = minutes_so_far(run) if resume else 0.0
+            if run.exists() and not resume:
                 shutil.rmtree(run)
-            train(cfg, run, show=True)
-            store = {"train_minutes": (time.perf_counter() - t0) / 60, "evals": []}
+            run.mkdir(parents=True, exist_ok=True)
+            segment = {"minutes_before": before, "started": time.time()}
+            (run / SEGMENT).write_text(json.dumps(segment))
+            if resume:
+                console.print(f"seed {seed}: resuming after {before:.1f} min of training")
+            train(cfg, run, resume=resume, show=True)
+            store: dict[str, Any] = {
+                "train_minutes": before + (time.perf_counter() - t0) / 60,
+                "evals": [],
+            }
+            if resume:
+                store["resumed"] = True  # train_minutes adds up the segments (minutes_so_far)
         else:
             store = read_store(cache)
         key = {"episodes": args.episodes, "budgets": args.budgets, "eval_seed": cfg.eval.seed}

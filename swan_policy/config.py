@@ -42,6 +42,11 @@ class GateConfig(StrictModel):
     sparsity_weight: float = Field(0.0, ge=0, description="Weight of the sparsity term.")
     init_bias: float = Field(1.0, description="Initial gate-logit bias (>0: start active).")
     linear_rank: int = Field(4, ge=1, le=16, description="Rank of the linear layers' gates.")
+    detach_input: bool = Field(
+        False,
+        description="Stop the gate networks' gradients at their input: the straight-through "
+        "estimate trains the gate networks but never reaches the layers below.",
+    )
 
 
 class EncoderConfig(StrictModel):

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from swan_policy import __version__
-from swan_policy.config import ConfigError, PolicyConfig, validate_config
+from swan_policy.config import ConfigError, GateConfig, PolicyConfig, validate_config
 from swan_policy.nn import flops
 from swan_policy.nn.encoders import GatedConvEncoder
 from swan_policy.nn.gates import SwanGate
@@ -45,6 +45,11 @@ from swan_policy.spec import PIXELS, PROPRIO, ArraySpec, ObservationError, ObsSp
 Mode = Literal["masked", "sparse"]
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+
+
+def gate_options(gate: GateConfig) -> GateOptions:
+    """The layers' gate hyper-parameters from a config's ``gate`` section."""
+    return GateOptions(gate.tau, gate.sparsity, gate.target_rate, gate.init_bias, gate.detach_input)
 
 
 class SwanPolicy(nn.Module):
@@ -79,7 +84,7 @@ class SwanPolicy(nn.Module):
         self.action_dim: int = config.action_dim
         self.config = config
         g = config.gate
-        opts = GateOptions(g.tau, g.sparsity, g.target_rate, g.init_bias)
+        opts = gate_options(g)
         ref = config.ref_units or {}
         n_enc, n_head = len(config.encoder.channels), len(config.head.hidden)
         self.encoder: GatedConvEncoder | None = None

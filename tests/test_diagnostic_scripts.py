@@ -90,6 +90,50 @@ def test_bench_imitation_keeps_each_seeds_evaluation_and_reuses_it(
     assert old["seeds"][0]["results"] == more["seeds"][0]["results"]
 
 
+def test_bench_imitation_resumes_an_interrupted_seed_with_its_minutes(
+    reference_run: Path, demos16: Path, tmp_path: Path
+) -> None:
+    """``--resume`` continues an unfinished seed from its last checkpoint and adds up the
+    training time of its segments; without it the seed starts again."""
+    import shutil
+
+    from swan_policy.train.checkpoint import latest_checkpoint
+    from tests.conftest import tiny_train
+    from tests.reliability._runs import CONFIG
+
+    def interrupted(out: Path) -> Path:  # the reference run, cut after its step-4 checkpoint
+        run = out / "reach_bc-seed0"
+        shutil.copytree(reference_run, run)
+        shutil.rmtree(run / "checkpoints" / "step_6")
+        (run / "checkpoints" / "last").write_text("step_4\n")
+        stamp = (run / "metrics.jsonl").stat().st_mtime
+        segment = {"minutes_before": 2.0, "started": stamp - 60.0}  # 2 + 1 minutes so far
+        (run / "bench_segment.json").write_text(json.dumps(segment))
+        return run
+
+    def bench(out: Path, *flags: str) -> tuple[list[dict], float]:
+        args = ["--config", CONFIG, "--seeds", "0", "--budgets", "1", "--workers", "1"]
+        args += ["--episodes", "1", "--out", str(out), *tiny_train(demos16)[3:], *flags]
+        proc = _script("bench_imitation.py", *args)
+        assert proc.returncode == 0, proc.stderr
+        lines = (out / "reach_bc-seed0" / "metrics.jsonl").read_text().splitlines()
+        starts = [r for r in map(json.loads, lines) if r.get("kind") == "start"]
+        summary = json.loads((out / "reach_bc.json").read_text())
+        return starts, summary["seeds"][0]["train_minutes"]
+
+    run = interrupted(tmp_path / "resumed")
+    starts, minutes = bench(tmp_path / "resumed", "--resume")
+    assert [(s["step"], s["resumed"]) for s in starts] == [(0, False), (4, True)]
+    assert (run / "checkpoints" / "step_2").is_dir()  # kept, not trained again
+    assert latest_checkpoint(run) == run / "checkpoints" / "step_6"
+    assert 3.0 <= minutes < 13.0  # 3 minutes before, and this call's few seconds
+
+    interrupted(tmp_path / "again")
+    starts, minutes = bench(tmp_path / "again")
+    assert [(s["step"], s["resumed"]) for s in starts] == [(0, False)]
+    assert minutes < 2.0
+
+
 def test_bench_bc_parts_times_both_formulations(tmp_path: Path) -> None:
     # the script refuses to time two random shifts that give different pixels
     out = tmp_path / "parts.json"

@@ -74,6 +74,16 @@ def test_save_load_round_trip_is_bit_exact(tmp_path: Path) -> None:
     assert not list((tmp_path / "p").glob("*.tmp"))
 
 
+def test_detach_input_reaches_every_gate_and_survives_save_load(tmp_path: Path) -> None:
+    policy = _policy(gate={"init_bias": 0.0, "detach_input": True})
+    gates = list(policy.gates().values())
+    assert len(gates) == 4 and all(g.detach_input for g in gates)
+    assert not any(g.detach_input for g in _policy().gates().values())
+    policy.save_pretrained(tmp_path / "p")
+    loaded = SwanPolicy.from_pretrained(tmp_path / "p")
+    assert all(g.detach_input for g in loaded.gates().values())
+
+
 class _Payload:
     def __init__(self, marker: Path) -> None:
         self.marker = marker

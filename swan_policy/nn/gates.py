@@ -132,6 +132,8 @@ class SwanGate(nn.Module):
             ``relu(mean sigma(s/tau) - target_rate)^2``.
         target_rate: the active fraction aimed at in ``"target"`` mode.
         num_ref_units: ``N`` the budget refers to (set by compaction; default ``N``).
+        detach_input: the owning layer feeds its gate network a detached input, so the
+            straight-through gradient trains the gate network and stops there.
     """
 
     def __init__(
@@ -141,6 +143,8 @@ class SwanGate(nn.Module):
         sparsity: SparsityMode = "l1",
         target_rate: float = 0.5,
         num_ref_units: int | None = None,
+        *,
+        detach_input: bool = False,
     ) -> None:
         super().__init__()
         if num_units < 1:
@@ -152,6 +156,7 @@ class SwanGate(nn.Module):
         self.sparsity = sparsity
         self.target_rate = float(target_rate)
         self.num_ref_units = int(num_ref_units or num_units)
+        self.detach_input = bool(detach_input)
         # weight of the regulariser injected into the backward pass (0 = off).
         self.inject_weight = 0.0
         self.track_stats = True  # accumulate in eval mode (training steps are not counted)
@@ -255,4 +260,5 @@ class SwanGate(nn.Module):
         return (
             f"num_units={self.num_units}, tau={self.tau}, sparsity={self.sparsity!r}, "
             f"num_ref_units={self.num_ref_units}"
+            + (", detach_input=True" if self.detach_input else "")
         )

@@ -157,6 +157,9 @@ class GateOptions:
     sparsity: SparsityMode = "l1"
     target_rate: float = 0.5
     init_bias: float = 1.0  # > 0: units start active, the regulariser switches them off
+    # True: the gate network reads a detached input, so the straight-through gradient
+    # trains the gate network only and never reaches the layers below
+    detach_input: bool = False
 
 
 class GatedConv2d(nn.Module):
@@ -206,7 +209,12 @@ class GatedConv2d(nn.Module):
             self.gate_fc = nn.Linear(in_channels, out_channels)
             nn.init.constant_(self.gate_fc.bias, opts.init_bias)
             self.gate = SwanGate(
-                out_channels, opts.tau, opts.sparsity, opts.target_rate, num_ref_units
+                out_channels,
+                opts.tau,
+                opts.sparsity,
+                opts.target_rate,
+                num_ref_units,
+                detach_input=opts.detach_input,
             )
 
     @property
@@ -223,7 +231,7 @@ class GatedConv2d(nn.Module):
         z = self.conv(x)
         if self.gate is None:
             return F.relu(z), None
-        g = self.gate(self.gate_logits(x), budget)
+        g = self.gate(self.gate_logits(x.detach() if self.gate.detach_input else x), budget)
         if torch.is_grad_enabled() and (z.requires_grad or g.requires_grad):
             fused = _GatedReLUInductor if torch.compiler.is_compiling() else _GatedReLU
             y: Tensor = fused.apply(z, g)
@@ -335,7 +343,12 @@ class GatedLinear(nn.Module):
             self.gate_up = nn.Linear(self.rank, out_features)
             nn.init.constant_(self.gate_up.bias, opts.init_bias)
             self.gate = SwanGate(
-                out_features, opts.tau, opts.sparsity, opts.target_rate, num_ref_units
+                out_features,
+                opts.tau,
+                opts.sparsity,
+                opts.target_rate,
+                num_ref_units,
+                detach_input=opts.detach_input,
             )
 
     @property
@@ -353,7 +366,7 @@ class GatedLinear(nn.Module):
         y = F.relu(F.linear(x, self.linear.weight, self.linear.bias))
         if self.gate is None:
             return y, None
-        g = self.gate(self.gate_logits(x), budget)
+        g = self.gate(self.gate_logits(x.detach() if self.gate.detach_input else x), budget)
         if not torch.is_grad_enabled():
             return y.mul_(g), g  # inference: no copy
         return y * g, g
@@ -432,6 +445,7 @@ def _copy_gate_settings(src: SwanGate, dst: SwanGate) -> None:
     dst.tau, dst.sparsity, dst.target_rate = src.tau, src.sparsity, src.target_rate
     dst.num_ref_units = src.num_ref_units
     dst.inject_weight = src.inject_weight
+    dst.detach_input = src.detach_input
 
 
 def _padding_int(conv: nn.Conv2d) -> int:

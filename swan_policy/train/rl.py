@@ -71,7 +71,7 @@ from swan_policy.config import PolicyConfig
 from swan_policy.envs import SpaceMismatchError
 from swan_policy.nn.gates import SwanGate
 from swan_policy.nn.heads import GatedMLPHead
-from swan_policy.policy import SwanPolicy
+from swan_policy.policy import SwanPolicy, gate_options
 from swan_policy.spec import PIXELS, PROPRIO
 
 # moved out of this module and re-exported (SB3 saves name classes swan_policy.train.rl.X);
@@ -80,7 +80,6 @@ from swan_policy.train.rl_core import (
     SwanFeaturesExtractor,
     _build_swan,
     _default_optimizer_kwargs,
-    _gate_options,
     _HeadTap,
     _module_gates,
     _sandwich_term,
@@ -196,7 +195,7 @@ class SwanActorCriticPolicy(ActorCriticPolicy):
             1,
             gated=critic_gated,
             rank=cfg.gate.linear_rank,
-            options=_gate_options(critic_gate),
+            options=gate_options(critic_gate),
         )
         action_dim = int(self.swan.action_dim)
         self.action_dist = DiagGaussianDistribution(action_dim)

@@ -27,8 +27,8 @@ from swan_policy.envs import SpaceMismatchError, fill_policy_dims
 from swan_policy.nn.encoders import GatedConvEncoder
 from swan_policy.nn.gates import SwanGate
 from swan_policy.nn.heads import GatedMLPHead, ProprioMLP
-from swan_policy.nn.layers import GatedConv2d, GatedLinear, GateOptions
-from swan_policy.policy import SwanPolicy
+from swan_policy.nn.layers import GatedConv2d, GatedLinear
+from swan_policy.policy import SwanPolicy, gate_options
 from swan_policy.spec import PIXELS, PROPRIO
 from swan_policy.train.losses import sandwich_budgets
 
@@ -210,10 +210,6 @@ class _HeadTap:
         self.pre = output[0]
 
 
-def _gate_options(gate: GateConfig) -> GateOptions:
-    return GateOptions(gate.tau, gate.sparsity, gate.target_rate, gate.init_bias)
-
-
 def _module_gates(*modules: nn.Module | None) -> dict[str, SwanGate]:
     out: dict[str, SwanGate] = {}
     for m in modules:
@@ -261,7 +257,7 @@ class SwanFeaturesExtractor(BaseFeaturesExtractor):
                 enc_cfg.strides,
                 enc_cfg.kernel_size,
                 gated=gate_cfg.enabled,
-                options=_gate_options(gate_cfg),
+                options=gate_options(gate_cfg),
             )
         proprio = ProprioMLP(layout.proprio_dim, proprio_hidden)
         super().__init__(observation_space, (enc.out_dim if enc else 0) + proprio.out_dim)

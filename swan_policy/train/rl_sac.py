@@ -22,11 +22,11 @@ from torch import Tensor, nn
 from swan_policy.config import PolicyConfig
 from swan_policy.nn.gates import SwanGate
 from swan_policy.nn.heads import GatedMLPHead
+from swan_policy.policy import gate_options
 from swan_policy.train.rl_core import (
     SwanFeaturesExtractor,
     _build_swan,
     _default_optimizer_kwargs,
-    _gate_options,
     _HeadTap,
     _module_gates,
     _sandwich_term,
@@ -121,7 +121,7 @@ class SwanContinuousCritic(ContinuousCritic):
                 1,
                 gated=critic_gated,
                 rank=policy_config.gate.linear_rank,
-                options=_gate_options(gate),
+                options=gate_options(gate),
             )
             self.add_module(f"qf{idx}", q_net)
             self.q_networks.append(q_net)

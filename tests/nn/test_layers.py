@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from swan_policy.nn import layers
 from swan_policy.nn.layers import Active, GatedConv2d, GatedLinear, GateOptions
@@ -80,6 +80,50 @@ def test_ste_gradients_reach_layer_and_gate_parameters() -> None:
     yc.mean().backward()
     assert conv.gate_fc is not None and conv.gate_fc.weight.grad is not None
     assert conv.gate_fc.weight.grad.abs().sum() > 0
+
+
+def _input_grad(layer: GatedConv2d | GatedLinear, x: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
+    """``d/dx`` of ``<layer(x), w>`` through the layer, and through its conv / linear alone
+    with the layer's gates held as constants."""
+    x1 = x.clone().requires_grad_(True)
+    y, g = layer(x1, 1.0)
+    (y * w).sum().backward()
+    assert x1.grad is not None and g is not None
+    x2 = x.clone().requires_grad_(True)
+    inner = layer.conv(x2) if isinstance(layer, GatedConv2d) else layer.linear(x2)
+    mask = g.detach()[:, :, None, None] if isinstance(layer, GatedConv2d) else g.detach()
+    (torch.relu(inner) * mask * w).sum().backward()
+    assert x2.grad is not None
+    return x1.grad, x2.grad
+
+
+@pytest.mark.parametrize("kind", ["conv", "linear"])
+def test_detached_gate_input_stops_the_gate_gradient_below_the_layer(kind: str) -> None:
+    torch.manual_seed(0)
+    grads = {}
+    for detach in (False, True):
+        torch.manual_seed(0)
+        opts = GateOptions(init_bias=0.0, detach_input=detach)
+        layer: GatedConv2d | GatedLinear
+        if kind == "conv":
+            layer = GatedConv2d(4, 12, 3, 1, in_hw=(10, 10), options=opts)
+            x, w = torch.rand(3, 4, 10, 10), torch.randn(3, 12, 8, 8)
+        else:
+            layer = GatedLinear(10, 20, rank=3, options=opts)
+            x, w = torch.randn(3, 10), torch.randn(3, 20)
+        grads[detach] = _input_grad(layer, x, w)
+        gate_params = [p for n, p in layer.named_parameters() if n.startswith("gate_")]
+        assert gate_params and all(
+            p.grad is not None and p.grad.abs().sum() > 0 for p in gate_params
+        )
+        # the gate is still a full layer's: compaction keeps the setting
+        assert layer.gate is not None
+        small = layer.compacted(torch.arange(5))
+        assert small.gate is not None and small.gate.detach_input is detach
+    through, frozen = grads[True]
+    torch.testing.assert_close(through, frozen, rtol=1e-6, atol=1e-7)
+    through, frozen = grads[False]
+    assert (through - frozen).abs().max() > 1e-4  # without detaching, the gate path adds to it
 
 
 def test_ungated_layers_are_plain() -> None:
