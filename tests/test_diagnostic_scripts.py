@@ -166,6 +166,26 @@ def test_budget_split_pins_each_part_to_its_budget(reference_run: Path, tmp_path
     assert bad.returncode != 0 and "no module 'nope'" in bad.stderr
 
 
+def test_gate_grad_path_is_zero_above_the_top_gate_and_not_below(
+    reference_run: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "path.json"
+    args = ["--run", str(reference_run), "--batches", "2", "--batch-size", "4"]
+    proc = _script("gate_grad_path.py", *args, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(out.read_text())
+    share = {r["weight"]: r["gate_path_share"] for r in summary["rows"]}
+    assert summary["budgets"][0] == 1.0 and len(summary["budgets"]) >= 2
+    # tiny policy: two gated convs, a gated 8-unit head layer, the output layer. No gate
+    # reads the output of the top gated layer or the output layer, so their weights get
+    # no gradient through a gate; every layer under a gate does.
+    assert share["head.layers.0.linear.weight"] == 0.0 and share["head.out.weight"] == 0.0
+    below = [share[f"encoder.layers.{i}.conv.weight"] for i in (0, 1)]
+    assert all(s > 1e-4 for s in below), share
+    bad = _script("gate_grad_path.py", *args, "--budgets", "0.5", "1")
+    assert bad.returncode != 0 and "must start with 1" in bad.stderr
+
+
 def test_bench_gate_backward_runs_the_chosen_arms() -> None:
     proc = _script(
         "bench_gate_backward.py",
