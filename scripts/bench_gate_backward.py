@@ -13,7 +13,8 @@ Arms (the Reach policy of ``configs/reach_bc.yaml`` on 64x64 pixels, batch 64, 1
   ``--compile``: what the compiled step's form would cost in eager mode);
 * ``autograd``  -- gated, the unfused composition (``relu(z) * g`` and ``x.mean``, autograd's
   backward; the package before session 4);
-* ``detached``  -- the package's layer with the gate network's pooled input detached;
+* ``detached``  -- the package's layers with ``policy.gate.detach_input: true`` (every gate
+  network reads a detached input);
 * ``head-only`` -- conv gates off, head gates on.
 
 Reports the minimum over repetitions (robust to a loaded machine) as a ratio to ``ungated``,
@@ -57,15 +58,14 @@ def _autograd(self: layers.GatedConv2d, x: Tensor, budget: float = 1.0) -> Any:
     return y * g[:, :, None, None], g
 
 
-def _fused(op: type[torch.autograd.Function], detach_input: bool = False) -> Forward:
-    """The package's layer with the gated ReLU ``op`` whether compiled or not (and the gate
-    network's pooled input detached if ``detach_input``)."""
+def _fused(op: type[torch.autograd.Function]) -> Forward:
+    """The package's layer with the gated ReLU ``op`` whether compiled or not."""
 
     def forward(self: layers.GatedConv2d, x: Tensor, budget: float = 1.0) -> Any:
         z = self.conv(x)
         if self.gate is None:
             return F.relu(z), None
-        g = self.gate(self.gate_logits(x.detach() if detach_input else x), budget)
+        g = self.gate(self.gate_logits(x.detach() if self.gate.detach_input else x), budget)
         return op.apply(z, g), g
 
     return forward
@@ -75,14 +75,15 @@ def _head_only(self: layers.GatedConv2d, x: Tensor, budget: float = 1.0) -> Any:
     return F.relu(self.conv(x)), None
 
 
-ARMS: dict[str, tuple[bool, Forward | None]] = {  # gated?, conv forward (None: package's)
-    "ungated": (False, None),
-    "gated": (True, None),
-    "vecdot": (True, _fused(layers._GatedReLU)),
-    "where-sum": (True, _fused(layers._GatedReLUInductor)),
-    "autograd": (True, _autograd),
-    "detached": (True, _fused(layers._GatedReLU, detach_input=True)),
-    "head-only": (True, _head_only),
+# gated?, conv forward (None: the package's), policy.gate.detach_input
+ARMS: dict[str, tuple[bool, Forward | None, bool]] = {
+    "ungated": (False, None, False),
+    "gated": (True, None, False),
+    "vecdot": (True, _fused(layers._GatedReLU), False),
+    "where-sum": (True, _fused(layers._GatedReLUInductor), False),
+    "autograd": (True, _autograd, False),
+    "detached": (True, None, True),
+    "head-only": (True, _head_only, False),
 }
 
 
@@ -102,14 +103,16 @@ def main() -> None:
     torch.set_num_threads(1)
     cfg = load_config(args.config, args.overrides)
 
-    def make(gated: bool, forward: Forward | None) -> Callable[..., Tensor]:
+    def make(gated: bool, forward: Forward | None, detach: bool) -> Callable[..., Tensor]:
         pc = cfg.policy.model_copy(
             update={
                 "image_hw": (64, 64),
                 "image_channels": 3,
                 "proprio_dim": 6,
                 "action_dim": 2,
-                "gate": cfg.policy.gate.model_copy(update={"enabled": gated}),
+                "gate": cfg.policy.gate.model_copy(
+                    update={"enabled": gated, "detach_input": detach}
+                ),
             }
         )
         torch.manual_seed(0)
