@@ -9,9 +9,15 @@ with the sandwich rule has only seen equal budgets, so mixed rows are a probe, n
 trained operating point: ``encoder=0.25`` near the all-at-1 score says the encoder's
 quarter of the channels still carries what the task needs and the head's quarter fails.
 
+``module=open`` holds every gate in the module open instead (all its units run, whatever
+its gate networks say; ``policy=open`` is the whole policy). At budget 1 a free gate may
+still switch units off: an open row above the all-at-1 row says those choices cost the
+trained network, one below it that the network relies on them.
+
     python scripts/budget_split.py --run runs/push_bc --episodes 30 \
         --split "" --split encoder=0.25 --split head=0.25 --split encoder=0.25,head=0.25 \
         --out runs/budget_split.json
+    python scripts/budget_split.py --run runs/pickplace_bc --split "" --split policy=open
 """
 
 from __future__ import annotations
@@ -22,10 +28,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 from swan_policy.cli import load_run_policy
 from swan_policy.config import load_config
 from swan_policy.evaluate import evaluate_policy
+from swan_policy.nn.gates import SwanGate
 from swan_policy.policy import SwanPolicy
+
+OPEN = float("inf")  # a split value: every gate of the module held open
 
 
 def pin_budget(module: Any, budget: float) -> Callable[[], None]:
@@ -46,15 +58,42 @@ def pin_budget(module: Any, budget: float) -> Callable[[], None]:
     return undo
 
 
+def open_gates(module: Any) -> Callable[[], None]:
+    """Hold every gate in ``module`` open: each gate decides on all-positive logits at
+    budget 1, so every unit runs and the statistics still count. Returns undo."""
+    gates = [m for m in module.modules() if isinstance(m, SwanGate)]
+    for gate in gates:
+        forward, select = gate.forward, gate.select
+
+        def opened(logits: Any, _budget: float = 1.0, _f: Any = forward) -> Any:
+            return _f(torch.ones_like(logits), 1.0)
+
+        def opened_select(logits: Any, _budget: float = 1.0, _s: Any = select) -> Any:
+            return _s(np.ones_like(logits), 1.0)
+
+        gate.__dict__.update(forward=opened, select=opened_select)  # instance attributes
+
+    def undo() -> None:
+        for gate in gates:
+            del gate.forward, gate.select
+
+    return undo
+
+
 def parse_split(text: str) -> dict[str, float]:
-    """``"encoder=0.25,head=1"`` -> ``{"encoder": 0.25, "head": 1.0}`` (``""``: none)."""
+    """``"encoder=0.25,head=open"`` -> ``{"encoder": 0.25, "head": OPEN}`` (``""``: none)."""
     out: dict[str, float] = {}
     for item in filter(None, (t.strip() for t in text.split(","))):
         name, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"error: --split item {item!r} is not module=budget")
-        out[name.strip()] = float(value)
+        out[name.strip()] = OPEN if value.strip() == "open" else float(value)
     return out
+
+
+def split_label(split: dict[str, float]) -> str:
+    items = [f"{k}={'open' if v == OPEN else f'{v:g}'}" for k, v in split.items()]
+    return ", ".join(items) or "all at 1"
 
 
 def evaluate_split(
@@ -66,21 +105,24 @@ def evaluate_split(
     seed: int,
 ) -> dict[str, Any]:
     modules = {}
-    for name in split:
+    for name, b in split.items():
         try:
-            modules[name] = policy.get_submodule(name)
+            modules[name] = policy.get_submodule("" if name == "policy" else name)
         except AttributeError:
             raise SystemExit(f"error: the policy has no module {name!r}") from None
-        if not hasattr(modules[name], "forward_sparse"):
+        if b != OPEN and not hasattr(modules[name], "forward_sparse"):
             raise SystemExit(f"error: {name!r} takes no budget")
-    undo = [pin_budget(modules[name], b) for name, b in split.items()]
+    undo = [
+        open_gates(modules[name]) if b == OPEN else pin_budget(modules[name], b)
+        for name, b in split.items()
+    ]
     try:
         (res,) = evaluate_policy(policy, env_cfg, episodes, [1.0], workers=workers, seed=seed)
     finally:
         for u in undo:
             u()
     return {
-        "split": split,
+        "split": {k: "open" if v == OPEN else v for k, v in split.items()},
         "success_rate": res.success_rate,
         "return_mean": res.return_mean,
         "macs_per_step": res.macs_per_step,
@@ -99,7 +141,8 @@ def main() -> None:
         "--split",
         action="append",
         default=None,
-        help='One row: "module=budget,..." ("" = everything at 1). Repeat for more rows.',
+        help='One row: "module=budget,..." ("" = everything at 1; a budget may be "open", '
+        'the module "policy"). Repeat for more rows.',
     )
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the rows.")
     args = parser.parse_args()
@@ -110,7 +153,7 @@ def main() -> None:
     for split in splits:
         row = evaluate_split(policy, env_cfg, split, args.episodes, args.workers, args.seed)
         rows.append(row)
-        label = ", ".join(f"{k}={v:g}" for k, v in split.items()) or "all at 1"
+        label = split_label(split)
         print(
             f"{label:40s} success {100 * row['success_rate']:5.1f}%  "
             f"return {row['return_mean']:7.2f}  MMACs/step {row['macs_per_step'] / 1e6:.3f}",

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -164,6 +166,34 @@ def test_budget_split_pins_each_part_to_its_budget(reference_run: Path, tmp_path
     assert all(0.0 <= r["success_rate"] <= 1.0 and r["episodes"] == 1 for r in rows)
     bad = _script("budget_split.py", "--run", str(reference_run), "--split", "nope=0.5")
     assert bad.returncode != 0 and "no module 'nope'" in bad.stderr
+
+
+def test_budget_split_open_holds_every_gate_of_the_module_open(
+    reference_run: Path, tmp_path: Path
+) -> None:
+    from swan_policy.baselines import make_slimmable
+    from swan_policy.cli import load_run_policy
+    from swan_policy.config import load_config
+    from swan_policy.envs import make_env
+
+    out = tmp_path / "open.json"
+    splits = ["encoder=0.25", "encoder=0.25,encoder.layers.0=open", "policy=open"]
+    args = ["--run", str(reference_run), "--episodes", "1", "--out", str(out)]
+    proc = _script("budget_split.py", *args, *(a for s in splits for a in ("--split", s)))
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert rows[1]["split"] == {"encoder": 0.25, "encoder.layers.0": "open"}
+    quarter, first_open, all_open = (r["macs_per_step"] for r in rows)
+    assert first_open > quarter  # layer 0 runs all its channels, the rest a quarter
+    # expected: every unit on (slimmable prefixes at budget 1 keep all), gate networks too
+    policy = make_slimmable(load_run_policy(reference_run, "best").eval())
+    env = make_env(load_config(reference_run / "config.yaml").env)
+    obs, _ = env.reset(seed=0)
+    env.close()
+    policy.act(obs, 1.0)
+    expected = sum(float(v.sum()) for v in policy.executed_macs().values())
+    assert all_open == pytest.approx(expected) and all_open > policy.dense_macs()
+    assert "policy=open" in proc.stdout
 
 
 def test_gate_grad_path_is_zero_above_the_top_gate_and_not_below(
