@@ -37,7 +37,8 @@ from swan_policy.evaluate import evaluate_policy
 from swan_policy.nn.gates import SwanGate
 from swan_policy.policy import SwanPolicy
 
-OPEN = float("inf")  # a split value: every gate of the module held open
+OPEN = "open"  # a split value: every gate of the module held open
+Split = dict[str, float | str]  # module -> budget or OPEN
 
 
 def pin_budget(module: Any, budget: float) -> Callable[[], None]:
@@ -80,26 +81,26 @@ def open_gates(module: Any) -> Callable[[], None]:
     return undo
 
 
-def parse_split(text: str) -> dict[str, float]:
-    """``"encoder=0.25,head=open"`` -> ``{"encoder": 0.25, "head": OPEN}`` (``""``: none)."""
-    out: dict[str, float] = {}
+def parse_split(text: str) -> Split:
+    """``"encoder=0.25,head=open"`` -> ``{"encoder": 0.25, "head": "open"}`` (``""``: none)."""
+    out: Split = {}
     for item in filter(None, (t.strip() for t in text.split(","))):
         name, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"error: --split item {item!r} is not module=budget")
-        out[name.strip()] = OPEN if value.strip() == "open" else float(value)
+        out[name.strip()] = OPEN if value.strip() == OPEN else float(value)
     return out
 
 
-def split_label(split: dict[str, float]) -> str:
-    items = [f"{k}={'open' if v == OPEN else f'{v:g}'}" for k, v in split.items()]
+def split_label(split: Split) -> str:
+    items = [f"{k}={v if v == OPEN else f'{v:g}'}" for k, v in split.items()]
     return ", ".join(items) or "all at 1"
 
 
 def evaluate_split(
     policy: SwanPolicy,
     env_cfg: Any,
-    split: dict[str, float],
+    split: Split,
     episodes: int,
     workers: int,
     seed: int,
@@ -113,7 +114,7 @@ def evaluate_split(
         if b != OPEN and not hasattr(modules[name], "forward_sparse"):
             raise SystemExit(f"error: {name!r} takes no budget")
     undo = [
-        open_gates(modules[name]) if b == OPEN else pin_budget(modules[name], b)
+        pin_budget(modules[name], b) if isinstance(b, float) else open_gates(modules[name])
         for name, b in split.items()
     ]
     try:
@@ -122,7 +123,7 @@ def evaluate_split(
         for u in undo:
             u()
     return {
-        "split": {k: "open" if v == OPEN else v for k, v in split.items()},
+        "split": split,
         "success_rate": res.success_rate,
         "return_mean": res.return_mean,
         "macs_per_step": res.macs_per_step,
