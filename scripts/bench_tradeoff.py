@@ -159,46 +159,54 @@ def run_seed(seed: int, args: argparse.Namespace, console: Console) -> list[dict
     rows: list[dict[str, Any]] = []
     arms = set(args.arms)
 
-    # --- SWAN -----------------------------------------------------------------------------
-    if args.reuse_swan:
-        swan_run = Path(args.reuse_swan.format(seed=seed))
-        last = latest_checkpoint(swan_run)
-        if last is None:
-            raise SystemExit(f"error: --reuse-swan: {swan_run} has no checkpoint")
-        swan = SwanPolicy.from_pretrained(last)
-        swan_info = {"samples": total_steps(cfg) * cfg.bc.batch_size, "reused": str(swan_run)}
-    else:
-        swan, swan_info = trained(root / "swan", cfg, None, args.fresh, console, args.quiet)
-    dense_full = swan.dense_macs()
-    ladder = ladder_of(swan, cfg, args)
-    targets: dict[float, float] = {}
-    levels_rows = []
-    # without the swan arm only the levels' MACs are needed: a gate-free level's are fixed
-    level_args = args if "swan" in arms else argparse.Namespace(**{**vars(args), "episodes": 1})
-    for b in args.levels:
-        level = level_policy(swan, ladder, b, "folded")
-        r = evaluate(level, cfg, level_args)[0]
-        targets[b] = r.macs_per_step
-        levels_rows.append(row("swan-ladder", b, r, samples=swan_info["samples"]))
-    if "swan" in arms:
-        adaptive = [f"adaptive:{t:g}" for t in args.adaptive]
-        res = evaluate(swan, cfg, args, [1.0, *args.levels], adaptive)
-        for r in res:
-            if r.scheduler is None:
-                rows.append(row("swan-dynamic", r.budget, r, samples=swan_info["samples"]))
-            else:
-                rows.append(
-                    row("swan-adaptive", r.scheduler["target"], r, samples=swan_info["samples"])
-                )
-        rows += levels_rows
-    console.print(f"seed {seed}: SWAN done; ladder level MACs {targets}")
-
-    # --- dense full width, its pruned versions ---------------------------------------------
     env = make_env(cfg.env)
     try:
         resolved = resolve_policy_config(cfg.policy, env)
     finally:
         env.close()
+    with torch.random.fork_rng(devices=[]):  # the architecture's MACs; no RNG draw leaks
+        dense_full = SwanPolicy(resolved).dense_macs()
+    targets: dict[float, float] = {}
+
+    # --- SWAN -----------------------------------------------------------------------------
+    # every arm but the full-width dense one is matched to (or is) SWAN's ladder, so only
+    # ``--arms dense`` runs without it: it can train beside the SWAN arm, in another process
+    if arms - {"dense"}:
+        if args.reuse_swan:
+            swan_run = Path(args.reuse_swan.format(seed=seed))
+            last = latest_checkpoint(swan_run)
+            if last is None:
+                raise SystemExit(f"error: --reuse-swan: {swan_run} has no checkpoint")
+            swan = SwanPolicy.from_pretrained(last)
+            swan_info: dict[str, Any] = {
+                "samples": total_steps(cfg) * cfg.bc.batch_size,
+                "reused": str(swan_run),
+            }
+        else:
+            swan, swan_info = trained(root / "swan", cfg, None, args.fresh, console, args.quiet)
+        ladder = ladder_of(swan, cfg, args)
+        levels_rows = []
+        # without the swan arm only the levels' MACs are needed: a gate-free level's are fixed
+        level_args = args if "swan" in arms else argparse.Namespace(**{**vars(args), "episodes": 1})
+        for b in args.levels:
+            level = level_policy(swan, ladder, b, "folded")
+            r = evaluate(level, cfg, level_args)[0]
+            targets[b] = r.macs_per_step
+            levels_rows.append(row("swan-ladder", b, r, samples=swan_info["samples"]))
+        if "swan" in arms:
+            adaptive = [f"adaptive:{t:g}" for t in args.adaptive]
+            res = evaluate(swan, cfg, args, [1.0, *args.levels], adaptive)
+            for r in res:
+                if r.scheduler is None:
+                    rows.append(row("swan-dynamic", r.budget, r, samples=swan_info["samples"]))
+                else:
+                    rows.append(
+                        row("swan-adaptive", r.scheduler["target"], r, samples=swan_info["samples"])
+                    )
+            rows += levels_rows
+        console.print(f"seed {seed}: SWAN done; ladder level MACs {targets}")
+
+    # --- dense full width, its pruned versions ---------------------------------------------
     # the static baselines: no gates, one budget per step
     plain = PLAIN
     fcfg = finetune_config(cfg, args.finetune_frac, args.finetune_lr_scale)
@@ -262,8 +270,8 @@ def run_seed(seed: int, args: argparse.Namespace, console: Console) -> list[dict
                     samples=linfo["samples"],
                 )
             )
-    for r in rows:
-        r["dense_macs"] = dense_full
+    for rec in rows:
+        rec["dense_macs"] = dense_full
     return rows
 
 

@@ -60,6 +60,23 @@ def test_tradeoff_benchmark_writes_table_json_and_plot(tmp_path: Path) -> None:
         *set_args(sets),
     ]
     env = {**os.environ, "MUJOCO_GL": "egl", "OMP_NUM_THREADS": "1"}
+    # the full-width dense arm alone needs no SWAN run (so it can train beside it)
+    alone = subprocess.run(
+        [*cmd, "--arms", "dense"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    seed_dir = tmp_path / "runs" / "reach" / "seed0"
+    dense_done = seed_dir / "dense" / "bench_done.json"
+    assert dense_done.exists() and not (seed_dir / "swan").exists()
+    dense_stamp = dense_done.stat().st_mtime_ns
+    only = json.loads((tmp_path / "docs" / "tradeoff_reach.json").read_text())["rows"]
+    assert [(r["arm"], r["of_dense"]) for r in only] == [("dense", 1.0)]
+
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     docs = tmp_path / "docs"
@@ -78,6 +95,8 @@ def test_tradeoff_benchmark_writes_table_json_and_plot(tmp_path: Path) -> None:
         assert (r["level"] == 1.0) == (r["prefix_budget"] == [1.0]), r
     dense = next(r for r in rows if r["arm"] == "dense")
     assert dense["of_dense"] == 1.0
+    assert dense["success_per_seed"] == only[0]["success_per_seed"]  # the same run, reused
+    assert dense_done.stat().st_mtime_ns == dense_stamp  # not trained again
     level = next(r for r in rows if r["arm"] == "swan-ladder")
     assert level["level"] == 0.5 and level["of_dense"] < 1.0
     assert {"swan_at_25pct", "ladder_ahead", "ladder_ahead_everywhere"} <= set(result["checks"])
