@@ -24,6 +24,9 @@ checks the issue's targets. Runs go to ``<out>/<task>/seed<k>/<arm>``; finished 
 reused (``--fresh`` retrains); ``--arms ... --merge`` re-runs only those arms and keeps
 the other rows of the earlier JSON. ``--reuse-swan`` takes a finished ``swan train`` run of the
 same config per seed (``{seed}`` in the path) instead of training the SWAN arm again.
+``--arms dense`` alone needs no SWAN run, so it can train in a second process beside the
+SWAN arm. Every other arm is matched to SWAN's ladder: start it once the SWAN arm has
+finished, since a process that finds that run unfinished trains it afresh in the same place.
 ``--combine A.json B.json ...`` trains and evaluates nothing: it aggregates the per-seed
 rows of earlier runs of this script (one seed per process, say) into one table.
 
