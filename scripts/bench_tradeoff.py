@@ -26,7 +26,7 @@ the other rows of the earlier JSON. ``--reuse-swan`` takes a finished ``swan tra
 same config per seed (``{seed}`` in the path) instead of training the SWAN arm again.
 ``--arms dense`` alone needs no SWAN run, so it can train in a second process beside the
 SWAN arm. Every other arm is matched to SWAN's ladder: start it once the SWAN arm has
-finished, since a process that finds that run unfinished trains it afresh in the same place.
+finished (a process that needs a run another one is training stops with an error).
 ``--combine A.json B.json ...`` trains and evaluates nothing: it aggregates the per-seed
 rows of earlier runs of this script (one seed per process, say) into one table.
 
@@ -37,12 +37,14 @@ rows of earlier runs of this script (one seed per process, say) into one table.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import shutil
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +95,25 @@ def config_for(args: argparse.Namespace, seed: int, *extra: str) -> ExperimentCo
     )
 
 
+@contextmanager
+def training_lock(run: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``<run>.lock`` while ``run`` is trained.
+
+    Arms run in parallel processes share runs (the SWAN arm's, the dense one's). Without
+    the lock, a process finding a run unfinished would delete it while another trains it;
+    with it, that process stops with an error. The OS drops the lock if its holder dies.
+    """
+    run.parent.mkdir(parents=True, exist_ok=True)
+    with open(run.parent / f"{run.name}.lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SystemExit(
+                f"error: {run} is being trained by another process; run this once it is done"
+            ) from None
+        yield
+
+
 def trained(
     run: Path,
     cfg: ExperimentConfig,
@@ -104,16 +125,18 @@ def trained(
     """Train ``cfg`` into ``run`` (unless a finished run is there); the final policy."""
     done = run / DONE
     if fresh or not done.exists():
-        if run.exists():
-            shutil.rmtree(run)
-        t0 = time.perf_counter()
-        console.print(f"[bold]train[/] {run}")
-        train(cfg, run, show=not quiet, init_policy=init)
-        info = {
-            "samples": total_steps(cfg) * cfg.bc.batch_size,
-            "minutes": (time.perf_counter() - t0) / 60,
-        }
-        done.write_text(json.dumps(info))
+        with training_lock(run):
+            if fresh or not done.exists():  # another process may have finished it meanwhile
+                if run.exists():
+                    shutil.rmtree(run)
+                t0 = time.perf_counter()
+                console.print(f"[bold]train[/] {run}")
+                train(cfg, run, show=not quiet, init_policy=init)
+                info = {
+                    "samples": total_steps(cfg) * cfg.bc.batch_size,
+                    "minutes": (time.perf_counter() - t0) / 60,
+                }
+                done.write_text(json.dumps(info))
     last = latest_checkpoint(run)
     if last is None:
         raise SystemExit(f"error: {run} has no checkpoint")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -174,3 +175,32 @@ def test_tradeoff_benchmark_writes_table_json_and_plot(tmp_path: Path) -> None:
         r["success_per_seed"] == [m["success_per_seed"][0]]
         for r, m in zip(slim, (m for m in merged["rows"] if m["arm"] == "slimmable"), strict=True)
     )
+
+
+def test_tradeoff_refuses_a_run_another_process_is_training(tmp_path: Path) -> None:
+    """Two processes sharing a run: the second stops with an error instead of deleting it."""
+    seed_dir = tmp_path / "runs" / "reach" / "seed0"
+    seed_dir.mkdir(parents=True)
+    (seed_dir / "swan").mkdir()
+    (seed_dir / "swan" / "partial").write_text("another process's files")
+    cmd = [
+        sys.executable,
+        str(REPO / "scripts" / "bench_tradeoff.py"),
+        "--seeds",
+        "0",
+        "--arms",
+        "swan",
+        "--out",
+        str(tmp_path / "runs"),
+        "--docs",
+        str(tmp_path / "docs"),
+        *set_args([*tiny_policy(), f"demos.path={tmp_path / 'demos.hdf5'}"]),
+    ]
+    env = {**os.environ, "MUJOCO_GL": "egl", "OMP_NUM_THREADS": "1"}
+    with open(seed_dir / "swan.lock", "w") as held:  # this process "trains" the SWAN run
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode != 0
+    assert "is being trained by another process" in proc.stderr, proc.stderr[-3000:]
+    assert (seed_dir / "swan" / "partial").exists()  # left alone
+    assert not (tmp_path / "demos.hdf5").exists() and not (tmp_path / "docs").exists()
