@@ -210,6 +210,11 @@ def run_seed(seed: int, args: argparse.Namespace, console: Console) -> list[dict
             }
         else:
             swan, swan_info = trained(root / "swan", cfg, None, args.fresh, console, args.quiet)
+        if swan.dense_macs() != dense_full:  # every baseline is built from the config
+            raise SystemExit(
+                f"error: the SWAN run's architecture ({swan.dense_macs():,} dense MACs) is not "
+                f"the config's ({dense_full:,}); pass the run's settings with --set"
+            )
         ladder = ladder_of(swan, cfg, args)
         levels_rows = []
         # without the swan arm only the levels' MACs are needed: a gate-free level's are fixed

@@ -124,6 +124,26 @@ def test_tradeoff_benchmark_writes_table_json_and_plot(tmp_path: Path) -> None:
     dense_again = next(r for r in merged["rows"] if r["arm"] == "dense")
     assert dense_again["success_per_seed"] == dense["success_per_seed"]  # same episodes
 
+    # a reused SWAN run must have the config's architecture: the baselines are built from it
+    other_arch = subprocess.run(
+        [
+            *cmd,
+            "--arms",
+            "swan",
+            "--reuse-swan",
+            str(seed_dir / "swan"),
+            "--set",
+            "policy.head.hidden=[24, 24]",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert other_arch.returncode != 0
+    assert "is not the config's" in other_arch.stderr, other_arch.stderr[-3000:]
+
     # --combine aggregates per-seed outputs without training or evaluating anything
     other = json.loads(json.dumps(merged))
     other["seeds"] = [1]
