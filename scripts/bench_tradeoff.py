@@ -51,7 +51,13 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from swan_policy.baselines import dense_config, l1_prune, make_slimmable, matched_prefix_budget
+from swan_policy.baselines import (
+    dense_config,
+    l1_prune,
+    make_slimmable,
+    matched_prefix_budget,
+    prefix_macs,
+)
 from swan_policy.budget.ladder import Ladder, calibrate_ladder, level_policy
 from swan_policy.config import ExperimentConfig, load_config
 from swan_policy.envs import make_env, resolve_policy_config
@@ -97,7 +103,7 @@ def config_for(args: argparse.Namespace, seed: int, *extra: str) -> ExperimentCo
 
 @contextmanager
 def training_lock(run: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``<run>.lock`` while ``run`` is trained.
+    """Hold an exclusive lock on ``<run>.lock`` while ``run`` is checked and trained.
 
     Arms run in parallel processes share runs (the SWAN arm's, the dense one's). Without
     the lock, a process finding a run unfinished would delete it while another trains it;
@@ -124,19 +130,18 @@ def trained(
 ) -> tuple[SwanPolicy, dict[str, Any]]:
     """Train ``cfg`` into ``run`` (unless a finished run is there); the final policy."""
     done = run / DONE
-    if fresh or not done.exists():
-        with training_lock(run):
-            if fresh or not done.exists():  # another process may have finished it meanwhile
-                if run.exists():
-                    shutil.rmtree(run)
-                t0 = time.perf_counter()
-                console.print(f"[bold]train[/] {run}")
-                train(cfg, run, show=not quiet, init_policy=init)
-                info = {
-                    "samples": total_steps(cfg) * cfg.bc.batch_size,
-                    "minutes": (time.perf_counter() - t0) / 60,
-                }
-                done.write_text(json.dumps(info))
+    with training_lock(run):  # checked under the lock: another process may finish it first
+        if fresh or not done.exists():
+            if run.exists():
+                shutil.rmtree(run)
+            t0 = time.perf_counter()
+            console.print(f"[bold]train[/] {run}")
+            train(cfg, run, show=not quiet, init_policy=init)
+            info = {
+                "samples": total_steps(cfg) * cfg.bc.batch_size,
+                "minutes": (time.perf_counter() - t0) / 60,
+            }
+            done.write_text(json.dumps(info))
     last = latest_checkpoint(run)
     if last is None:
         raise SystemExit(f"error: {run} has no checkpoint")
@@ -190,8 +195,7 @@ def run_seed(seed: int, args: argparse.Namespace, console: Console) -> list[dict
         resolved = resolve_policy_config(cfg.policy, env)
     finally:
         env.close()
-    with torch.random.fork_rng(devices=[]):  # the architecture's MACs; no RNG draw leaks
-        dense_full = SwanPolicy(resolved).dense_macs()
+    dense_full = prefix_macs(resolved, 1.0)  # the architecture's; no RNG draw
     targets: dict[float, float] = {}
 
     # --- SWAN -----------------------------------------------------------------------------

@@ -51,9 +51,13 @@ def layer_widths(config: PolicyConfig) -> dict[str, int]:
 
 
 def prefix_macs(config: PolicyConfig, budget: float) -> int:
-    """MACs per sample of the width prefix ``ceil(budget * N)`` of every gated layer."""
+    """MACs per sample of the width prefix ``ceil(budget * N)`` of every gated layer.
+
+    Counting builds a throwaway policy; torch's global RNG is left as it was.
+    """
     units = {k: units_for_budget(budget, n) for k, n in layer_widths(config).items()}
-    return SwanPolicy(dense_config(config, units)).dense_macs()
+    with torch.random.fork_rng(devices=[]):
+        return SwanPolicy(dense_config(config, units)).dense_macs()
 
 
 def matched_prefix_budget(config: PolicyConfig, target_macs: float, lo: float = 0.0) -> float:

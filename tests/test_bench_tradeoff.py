@@ -61,15 +61,14 @@ def test_tradeoff_benchmark_writes_table_json_and_plot(tmp_path: Path) -> None:
         *set_args(sets),
     ]
     env = {**os.environ, "MUJOCO_GL": "egl", "OMP_NUM_THREADS": "1"}
+
+    def bench(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*cmd, *extra], capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path
+        )
+
     # the full-width dense arm alone needs no SWAN run (so it can train beside it)
-    alone = subprocess.run(
-        [*cmd, "--arms", "dense"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-        cwd=tmp_path,
-    )
+    alone = bench("--arms", "dense")
     assert alone.returncode == 0, alone.stderr[-3000:]
     seed_dir = tmp_path / "runs" / "reach" / "seed0"
     dense_done = seed_dir / "dense" / "bench_done.json"
@@ -78,7 +77,7 @@ def test_tradeoff_benchmark_writes_table_json_and_plot(tmp_path: Path) -> None:
     only = json.loads((tmp_path / "docs" / "tradeoff_reach.json").read_text())["rows"]
     assert [(r["arm"], r["of_dense"]) for r in only] == [("dense", 1.0)]
 
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    proc = bench()
     assert proc.returncode == 0, proc.stderr[-3000:]
     docs = tmp_path / "docs"
     result = json.loads((docs / "tradeoff_reach.json").read_text())
@@ -107,14 +106,7 @@ def test_tradeoff_benchmark_writes_table_json_and_plot(tmp_path: Path) -> None:
     assert png.ndim == 3 and png.shape[0] > 100 and png.shape[1] > 100
 
     # --merge re-runs some arms (finished trainings are reused) and keeps the others' rows
-    again = subprocess.run(
-        [*cmd, "--arms", "dense", "--merge"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-        cwd=tmp_path,
-    )
+    again = bench("--arms", "dense", "--merge")
     assert again.returncode == 0, again.stderr[-3000:]
     merged = json.loads((docs / "tradeoff_reach.json").read_text())
     assert {r["arm"] for r in merged["rows"]} == ARMS
@@ -125,22 +117,8 @@ def test_tradeoff_benchmark_writes_table_json_and_plot(tmp_path: Path) -> None:
     assert dense_again["success_per_seed"] == dense["success_per_seed"]  # same episodes
 
     # a reused SWAN run must have the config's architecture: the baselines are built from it
-    other_arch = subprocess.run(
-        [
-            *cmd,
-            "--arms",
-            "swan",
-            "--reuse-swan",
-            str(seed_dir / "swan"),
-            "--set",
-            "policy.head.hidden=[24, 24]",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-        cwd=tmp_path,
-    )
+    reuse = ("--reuse-swan", str(seed_dir / "swan"), "--set", "policy.head.hidden=[24, 24]")
+    other_arch = bench("--arms", "swan", *reuse)
     assert other_arch.returncode != 0
     assert "is not the config's" in other_arch.stderr, other_arch.stderr[-3000:]
 
