@@ -12,6 +12,9 @@ processes in parallel are aggregated by one more call over all of them without e
 again, and a finished run can be evaluated on more episodes (``--episodes 200``) without
 losing its earlier evaluation or its training time. ``--resume`` continues a seed whose
 training was interrupted from its last checkpoint instead of starting it again.
+``--checkpoint last`` evaluates each seed's last checkpoint instead of its best policy (a
+run continued past its end by ``swan train --resume`` with more DAgger rounds keeps the
+earlier best unless the new end-of-training evaluation beats it).
 
     python scripts/bench_imitation.py --config configs/reach_bc.yaml --seeds 0 1 2 --episodes 50
 """
@@ -93,6 +96,14 @@ def main() -> None:
         action="store_true",
         help="Resume an unfinished seed from its last checkpoint (default: start it again).",
     )
+    parser.add_argument(
+        "--checkpoint",
+        choices=("best", "last"),
+        default="best",
+        help="Evaluate each seed's best policy (the default) or its last checkpoint, e.g. "
+        "of a run continued with swan train --resume: its best is only replaced where the "
+        "end-of-training evaluation beats the earlier one.",
+    )
     args = parser.parse_args()
     console = Console()
     per_seed = []
@@ -122,10 +133,16 @@ def main() -> None:
                 store["resumed"] = True  # train_minutes adds up the segments (minutes_so_far)
         else:
             store = read_store(cache)
-        key = {"episodes": args.episodes, "budgets": args.budgets, "eval_seed": cfg.eval.seed}
+        key: dict[str, Any] = {
+            "episodes": args.episodes,
+            "budgets": args.budgets,
+            "eval_seed": cfg.eval.seed,
+        }
+        if args.checkpoint != "best":  # evaluations of the best policy keep their old key
+            key["checkpoint"] = args.checkpoint
         entry = next((e for e in store["evals"] if e["key"] == key), None)
         if entry is None:
-            policy = load_run_policy(run, "best")
+            policy = load_run_policy(run, args.checkpoint)
             results = evaluate_policy(
                 policy, cfg.env, args.episodes, args.budgets, args.workers, cfg.eval.seed
             )

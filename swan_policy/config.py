@@ -389,3 +389,13 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentCo
 def dump_config(cfg: StrictModel) -> str:
     """YAML text of a resolved config (what runs/<name>/config.yaml holds)."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def config_changes(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """``"key: old -> new"`` for every dotted key whose value differs (nested mappings)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = [*old, *(k for k in new if k not in old)]
+        return [
+            line for k in keys for line in config_changes(old.get(k), new.get(k), f"{prefix}{k}.")
+        ]
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]

@@ -84,3 +84,28 @@ def test_console_script_exit_status() -> None:
         check=False,
     )
     assert good.returncode == 0, good.stderr
+
+
+def test_resume_records_changed_settings_and_refuses_another_architecture(
+    reference_run: Path, demos16: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Resuming a run keeps its architecture (the checkpoint's): a config whose policy
+    differs is refused, writing nothing; other changes, such as more steps, train and are
+    recorded in the start line of ``metrics.jsonl``."""
+    import json
+    import shutil
+
+    from tests.reliability._runs import tiny_train, tree_digest
+
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    before = tree_digest(run)
+    wider = [*tiny_train(demos16, "policy.head.hidden=[12]"), "--run-dir", str(run), "--resume"]
+    assert main([*wider, "--quiet"]) != 0
+    err = capsys.readouterr().err
+    assert "policy.head.hidden: [8] -> [12]" in err and err.count("\n") == 1
+    assert tree_digest(run) == before
+    longer = [*tiny_train(demos16, "bc.steps=8"), "--run-dir", str(run), "--resume", "--quiet"]
+    assert main(longer) == 0
+    starts = [r for r in map(json.loads, (run / "metrics.jsonl").open()) if r["kind"] == "start"]
+    assert [s.get("changed") for s in starts] == [None, ["bc.steps: 6 -> 8"]]

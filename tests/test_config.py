@@ -12,6 +12,7 @@ from swan_policy.config import (
     ExperimentConfig,
     PolicyConfig,
     apply_overrides,
+    config_changes,
     dump_config,
     load_config,
 )
@@ -103,3 +104,15 @@ def test_policy_needs_resolved_dims() -> None:
 
     with pytest.raises(ConfigError, match=r"policy\.image_hw, policy\.image_channels.* not set"):
         SwanPolicy(PolicyConfig(proprio_dim=3, action_dim=2))
+
+
+def test_config_changes_lists_each_changed_dotted_key() -> None:
+    old = {"bc": {"steps": 6, "lr": 0.1}, "dagger": {"rounds": 6, "budget": [1.0]}, "seed": 0}
+    new = {"bc": {"steps": 6, "lr": 0.2}, "dagger": {"rounds": 8, "budget": [1.0]}, "seed": 0}
+    assert config_changes(old, new) == ["bc.lr: 0.1 -> 0.2", "dagger.rounds: 6 -> 8"]
+    assert config_changes(old, old) == []
+    # a key only one side has, and a list that changed
+    assert config_changes({"a": {"b": 1}}, {"a": {"c": [2]}}) == [
+        "a.b: 1 -> None",
+        "a.c: None -> [2]",
+    ]

@@ -92,6 +92,41 @@ def test_bench_imitation_keeps_each_seeds_evaluation_and_reuses_it(
     assert old["seeds"][0]["results"] == more["seeds"][0]["results"]
 
 
+def test_bench_imitation_evaluates_the_last_checkpoint_on_request(
+    reference_run: Path, tmp_path: Path
+) -> None:
+    """``--checkpoint last`` plays the run's last checkpoint, not its best policy, and
+    keeps that evaluation beside the best one's."""
+    import shutil
+
+    from swan_policy.cli import load_run_policy
+    from swan_policy.config import load_config
+    from swan_policy.evaluate import evaluate_policy
+    from tests.reliability._runs import CONFIG, set_args, tiny_policy
+
+    run = tmp_path / "out" / "reach_bc-seed0"
+    shutil.copytree(reference_run, run)
+    shutil.copytree(run / "checkpoints" / "step_2", run / "best")  # best: an early policy
+    tiny = tiny_policy(16, hidden="[8]")
+    args = ["--config", CONFIG, "--seeds", "0", "--budgets", "1", "--workers", "1"]
+    args += ["--episodes", "2", "--out", str(tmp_path / "out"), *set_args(tiny)]
+
+    def bench(*flags: str) -> dict:
+        proc = _script("bench_imitation.py", *args, *flags)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads((tmp_path / "out" / "reach_bc.json").read_text())["seeds"][0]
+
+    best = bench()["results"][0]
+    last = bench("--checkpoint", "last")["results"][0]
+    cfg = load_config(Path(CONFIG), tiny)
+    for which, got in (("best", best), ("last", last)):
+        want = evaluate_policy(load_run_policy(run, which), cfg.env, 2, [1.0], 1, cfg.eval.seed)
+        assert got["return_mean"] == pytest.approx(want[0].return_mean, rel=1e-5)
+    assert last["return_mean"] != best["return_mean"]  # two different policies
+    keys = [e["key"] for e in json.loads((run / "bench_eval.json").read_text())["evals"]]
+    assert [k.get("checkpoint") for k in keys] == [None, "last"]
+
+
 def test_bench_imitation_resumes_an_interrupted_seed_with_its_minutes(
     reference_run: Path, demos16: Path, tmp_path: Path
 ) -> None:
