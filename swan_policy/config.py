@@ -399,3 +399,28 @@ def config_changes(old: Any, new: Any, prefix: str = "") -> list[str]:
             line for k in keys for line in config_changes(old.get(k), new.get(k), f"{prefix}{k}.")
         ]
     return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+
+
+def resume_changes(
+    saved: Path, cfg: ExperimentConfig, checkpoint_policy: PolicyConfig
+) -> list[str]:
+    """What resuming a run with ``cfg`` changes against the run's ``saved`` config.yaml.
+
+    ``cfg.policy`` must resolve to the checkpoint's architecture (a run keeps it), so
+    ``cfg`` here carries the resolved policy; any other changed setting is returned.
+
+    Raises:
+        ConfigError: the policies differ, naming each field as ``--set`` does.
+    """
+    changed = config_changes(
+        checkpoint_policy.model_dump(mode="json"), cfg.policy.model_dump(mode="json"), "policy."
+    )
+    if changed:
+        raise ConfigError(
+            f"--resume: the config's policy differs from the checkpoint's "
+            f"({'; '.join(changed)}); a run keeps its architecture"
+        )
+    if not saved.is_file():
+        return []
+    new = cfg.model_copy(update={"policy": checkpoint_policy}).model_dump(mode="json")
+    return config_changes(yaml.safe_load(saved.read_text()), new)

@@ -32,10 +32,9 @@ import gymnasium as gym
 import numpy as np
 import torch
 import torch.distributed as dist
-import yaml
 from torch import Tensor, nn
 
-from swan_policy.config import ExperimentConfig, config_changes, dump_config
+from swan_policy.config import ExperimentConfig, dump_config, resume_changes
 from swan_policy.data.augment import random_shift
 from swan_policy.envs import make_env, resolve_policy_config
 from swan_policy.evaluate import (
@@ -431,20 +430,13 @@ def train(
         data.append(load_labelled(path))
     ckpt = latest_checkpoint(run_dir) if resume else None
     state = TrainerState()
+    changes: list[str] = []
     if ckpt is not None:
         loaded = load_checkpoint(ckpt)
         policy, state = loaded.policy, loaded.state
         if init_policy is None:  # the checkpoint's architecture is the one trained on
-            changed = config_changes(
-                loaded.policy.config.model_dump(mode="json"),
-                policy_cfg.model_dump(mode="json"),
-                "policy.",  # named as --set names it
-            )
-            if changed:
-                raise TrainingError(
-                    f"--resume: the config's policy differs from the checkpoint's "
-                    f"({'; '.join(changed)}); a run keeps its architecture"
-                )
+            resolved = cfg.model_copy(update={"policy": policy_cfg})
+            changes = resume_changes(run_dir / "config.yaml", resolved, policy.config)
         for r in range(1, int(state.extras.get("dagger_rounds_done", 0)) + 1):
             data.append(load_labelled(run_dir / "dagger" / f"round_{r}.safetensors"))
     else:
@@ -454,14 +446,11 @@ def train(
     policy.to(device).train()
     if ctx.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        text = dump_config(cfg.model_copy(update={"policy": policy.config}))
-        saved = run_dir / "config.yaml"
-        changes = []  # a resume with other settings (e.g. more DAgger rounds) says so
-        if ckpt is not None and saved.is_file():
-            changes = config_changes(yaml.safe_load(saved.read_text()), yaml.safe_load(text))
-        for line in changes:
+        for line in changes:  # a resume with other settings (e.g. more DAgger rounds)
             console.print(f"resumed with a changed setting: {line}")
-        saved.write_text(text)
+        (run_dir / "config.yaml").write_text(
+            dump_config(cfg.model_copy(update={"policy": policy.config}))
+        )
         start = start_record(
             state.step, ckpt is not None, cfg.seed, ctx.world, device, cfg.bc.compile
         )
