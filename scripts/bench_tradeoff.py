@@ -51,6 +51,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
+from swan_envs import VARIATIONS
 from swan_policy.baselines import (
     dense_config,
     l1_prune,
@@ -456,7 +457,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=sorted(TASK_CONFIGS), default="swan_envs/Reach-v0")
-    parser.add_argument("--variation", choices=("none", "hard"), default="none")
+    parser.add_argument("--variation", choices=VARIATIONS, default="none")
     parser.add_argument("--config", type=Path, help="Default: the task's configs/*_bc.yaml.")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--episodes", type=int, default=50, help="Evaluation episodes per row.")

@@ -150,6 +150,13 @@ class BCConfig(StrictModel):
     lr_schedule: Literal["cosine", "constant"] = Field("cosine", description="After warm-up.")
     grad_clip: float = Field(1.0, gt=0, description="Max gradient norm.")
     shift_pad: int = Field(4, ge=0, description="Random-shift augmentation in pixels (0: off).")
+    colour_mix: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Random colour mix augmentation, strength s (0: off): per image "
+        "x' = clip((I + U(-s, s)) x + U(-s/2, s/2)), for visual variation (colours, light).",
+    )
     sandwich: bool = Field(True, description="Train b=1, b_min and random budgets each step.")
     b_min: float = Field(0.25, gt=0, le=1, description="Smallest budget of the sandwich.")
     n_random_budgets: int = Field(1, ge=0, description="Random budgets per step.")

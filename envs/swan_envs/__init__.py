@@ -32,5 +32,8 @@ for _env_id, _entry_point, _steps in _ENVS:
 
 ENV_IDS: tuple[str, ...] = tuple(env_id for env_id, _, _ in _ENVS)
 TASK_IDS: tuple[str, ...] = ENV_IDS[:3]
+# The tasks' ``variation`` kwarg. "hard" = "appearance" (colours, lighting, a camera shift)
+# + "distractors" (1-2 visual-only look-alikes); each half also exists alone, for ablations.
+VARIATIONS: tuple[str, ...] = ("none", "hard", "appearance", "distractors")
 
-__all__ = ["ENV_IDS", "TASK_IDS", "__version__"]
+__all__ = ["ENV_IDS", "TASK_IDS", "VARIATIONS", "__version__"]

@@ -15,12 +15,13 @@ import mujoco
 import numpy as np
 from gymnasium import spaces
 
+from swan_envs import VARIATIONS
+
 # The observation keys, in one place (STYLE.md 6). Everything else imports these.
 PIXELS = "pixels"
 PROPRIO = "proprio"
 
 ASSETS = Path(__file__).parent / "assets"
-VARIATIONS = ("none", "hard")
 # "state": privileged low-dimensional observations, no image (state-based RL teachers, issue 5).
 OBS_MODES = ("pixels", "state")
 
@@ -267,19 +268,23 @@ class SwanMujocoEnv(gym.Env[ObsDict, np.ndarray]):
         m.light_diffuse[:] = self._default_visual["light_diffuse"]
         m.light_pos[:] = self._default_visual["light_pos"]
         distractors = [self._geom_ids[n] for n in self.distractor_geoms]
-        if self.variation == "none":
+        if self.variation in ("none", "appearance"):
             for gid in distractors:
                 m.geom_rgba[gid, 3] = 0.0  # alpha 0: not drawn
+        if self.variation == "none":
             return
         rng = self.np_random
-        # Colours: jitter around the default so every part stays recognisable.
-        for name in self.recolour_geoms:
-            gid = self._geom_ids[name]
-            rgb = m.geom_rgba[gid, :3] + rng.uniform(-0.3, 0.3, size=3)
-            m.geom_rgba[gid, :3] = np.clip(rgb, 0.0, 1.0)
-        m.light_diffuse[:] *= rng.uniform(0.5, 1.1)
-        m.light_pos[:, :2] += rng.uniform(-0.3, 0.3, size=(m.nlight, 2))
-        m.cam_pos[self._cam_id] += rng.uniform(-0.015, 0.015, size=3)
+        if self.variation in ("hard", "appearance"):
+            # Colours: jitter around the default so every part stays recognisable.
+            for name in self.recolour_geoms:
+                gid = self._geom_ids[name]
+                rgb = m.geom_rgba[gid, :3] + rng.uniform(-0.3, 0.3, size=3)
+                m.geom_rgba[gid, :3] = np.clip(rgb, 0.0, 1.0)
+            m.light_diffuse[:] *= rng.uniform(0.5, 1.1)
+            m.light_pos[:, :2] += rng.uniform(-0.3, 0.3, size=(m.nlight, 2))
+            m.cam_pos[self._cam_id] += rng.uniform(-0.015, 0.015, size=3)
+        if self.variation == "appearance":
+            return
         # One or two distractors, somewhere clear of the task's targets and objects.
         n_shown = int(rng.integers(1, len(distractors) + 1))
         clear = self._keep_clear()

@@ -43,7 +43,8 @@ class PushEnv(SwanMujocoEnv):
     ## Arguments
     ``gymnasium.make("swan_envs/Push-v0", width=64, height=64, render_mode=None,
     variation="none", render_width=256, render_height=256)``. ``variation="hard"`` randomises
-    colours, lighting, a small camera shift and adds 1-2 visual-only distractors at each reset.
+    colours, lighting, a small camera shift and adds 1-2 visual-only distractors at each reset;
+    ``"appearance"`` and ``"distractors"`` are its two halves alone.
 
     ## Version History
     * v0: initial release (issue 3).

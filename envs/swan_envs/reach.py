@@ -47,7 +47,8 @@ class ReachEnv(SwanMujocoEnv):
     ``gymnasium.make("swan_envs/Reach-v0", width=64, height=64, render_mode=None,
     variation="none", render_width=256, render_height=256, obs_mode="pixels")``.
     ``variation="hard"`` randomises colours, lighting, a small camera shift and adds 1-2
-    visual-only distractors at each reset. ``obs_mode="state"``: see Observation Space.
+    visual-only distractors at each reset; ``"appearance"`` and ``"distractors"`` are its two
+    halves alone. ``obs_mode="state"``: see Observation Space.
 
     ## Version History
     * v0: initial release (issue 3); ``obs_mode`` added in issue 5 (the default observations

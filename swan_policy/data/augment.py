@@ -34,3 +34,33 @@ def random_shift(pixels: Tensor, pad: int, generator: torch.Generator | None = N
     for i, (dy, dx) in enumerate((shifts + pad).tolist()):
         out[i] = padded[i, dy : dy + h, dx : dx + w]
     return out
+
+
+def random_colour_mix(
+    pixels: Tensor, strength: float, generator: torch.Generator | None = None
+) -> Tensor:
+    """Per image, a random 1x1 colour mix and tint: ``x' = clip(M x + o)`` on RGB in [0, 1].
+
+    ``M = I + U(-s, s)^{3x3}`` and ``o = U(-s/2, s/2)^3``, drawn per image. Because ``M``
+    mixes the channels, it moves differently coloured things differently (a red cube and a
+    green target do not shift alike), as a recoloured scene does -- a global brightness or
+    tint could not; the tint covers a light's colour and strength. A 1x1 random
+    convolution in the sense of Lee et al. 2020 ("Network Randomization"), on the pixels.
+
+    Args:
+        pixels: ``[B, H, W, 3k]`` uint8 images (``k`` stacked RGB frames share one draw:
+            a scene keeps its colours within an episode).
+        strength: ``s`` (0 returns the input unchanged and draws nothing).
+        generator: RNG for the draws (the global one by default: resume reproduces it).
+    """
+    if strength <= 0:
+        return pixels
+    b, h, w, c = pixels.shape
+    if c % 3:
+        raise ValueError(f"colour mix needs RGB frames (channels a multiple of 3), got {c}")
+    mix = torch.eye(3) + (torch.rand(b, 3, 3, generator=generator) * 2 - 1) * strength
+    tint = (torch.rand(b, 1, 3, generator=generator) - 0.5) * strength
+    x = pixels.reshape(b, h * w * c // 3, 3).to(torch.float32).div_(255.0)
+    # rows of x are pixels: x @ M^T applies M to each pixel's colour
+    out = torch.baddbmm(tint, x, mix.transpose(1, 2))
+    return out.clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8).reshape(b, h, w, c)

@@ -35,7 +35,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from swan_policy.config import ExperimentConfig, dump_config, resume_changes
-from swan_policy.data.augment import random_shift
+from swan_policy.data.augment import random_colour_mix, random_shift
 from swan_policy.envs import make_env, resolve_policy_config
 from swan_policy.evaluate import (
     BudgetResult,
@@ -86,10 +86,13 @@ class BCData:
         self.proprio = torch.cat([self.proprio, other.proprio])
         self.actions = torch.cat([self.actions, other.actions])
 
-    def sample(self, batch_size: int, shift_pad: int) -> tuple[dict[str, Tensor], Tensor]:
+    def sample(
+        self, batch_size: int, shift_pad: int, colour_mix: float = 0.0
+    ) -> tuple[dict[str, Tensor], Tensor]:
         """A random batch (global torch RNG, so resume reproduces it), augmented."""
         idx = torch.randint(0, len(self), (batch_size,))
-        obs = {PIXELS: random_shift(self.pixels[idx], shift_pad), PROPRIO: self.proprio[idx]}
+        pixels = random_colour_mix(random_shift(self.pixels[idx], shift_pad), colour_mix)
+        obs = {PIXELS: pixels, PROPRIO: self.proprio[idx]}
         return obs, self.actions[idx]
 
 
@@ -172,7 +175,7 @@ def bc_update(
 ) -> dict[str, Any]:
     """One behaviour-cloning step: sample, augment, sandwich loss, clip, step."""
     bc = cfg.bc
-    obs, actions = data.sample(bc.batch_size, bc.shift_pad)
+    obs, actions = data.sample(bc.batch_size, bc.shift_pad, bc.colour_mix)
     # the data stays in host memory; the batch goes to the model's device (GPU runs)
     device = next(loss_module.parameters()).device
     obs = {k: v.to(device, non_blocking=True) for k, v in obs.items()}

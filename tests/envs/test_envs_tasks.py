@@ -133,6 +133,43 @@ def test_hard_variation_changes_pixels_not_dynamics(env_id: str) -> None:
     assert _same(plain_state, hard_state)
 
 
+@pytest.mark.parametrize("variation", ["appearance", "distractors"])
+def test_partial_variations_change_pixels_not_dynamics(variation: str) -> None:
+    plain_images, plain_state = _rollout("swan_envs/PickPlace-v0", seed=5)
+    images, state = _rollout("swan_envs/PickPlace-v0", seed=5, variation=variation)
+    assert not any(np.array_equal(a, b) for a, b in zip(plain_images, images, strict=True))
+    assert _same(plain_state, state)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_appearance_and_distractors_are_the_halves_of_hard(seed: int) -> None:
+    """ "appearance" is "hard" without its distractors; "distractors" leaves the looks alone."""
+    visuals = {}
+    for variation in ("none", *swan_envs.VARIATIONS):
+        env = gym.make("swan_envs/PickPlace-v0", variation=variation, width=16, height=16)
+        env.reset(seed=seed)
+        m = env.unwrapped.model  # type: ignore[attr-defined]
+        ids = env.unwrapped._geom_ids  # type: ignore[attr-defined]
+        recoloured = [ids[n] for n in env.unwrapped.recolour_geoms]  # type: ignore[attr-defined]
+        shown = [ids[n] for n in env.unwrapped.distractor_geoms]  # type: ignore[attr-defined]
+        visuals[variation] = (
+            m.geom_rgba[recoloured].copy(),
+            m.cam_pos.copy(),
+            m.geom_rgba[shown, 3].copy(),
+        )
+        env.close()
+    colours = {k: v[0] for k, v in visuals.items()}
+    cameras = {k: v[1] for k, v in visuals.items()}
+    alphas = {k: v[2] for k, v in visuals.items()}
+    assert not alphas["appearance"].any() and not alphas["none"].any()
+    assert alphas["distractors"][0] == 1.0 and alphas["hard"][0] == 1.0
+    np.testing.assert_array_equal(colours["appearance"], colours["hard"])
+    np.testing.assert_array_equal(cameras["appearance"], cameras["hard"])
+    assert not np.array_equal(colours["appearance"], colours["none"])
+    np.testing.assert_array_equal(colours["distractors"], colours["none"])
+    np.testing.assert_array_equal(cameras["distractors"], cameras["none"])
+
+
 def test_hard_variation_differs_between_seeds_and_does_not_leak() -> None:
     hard = gym.make("swan_envs/Push-v0", variation="hard")
     a, b = hard.reset(seed=0)[0][PIXELS], hard.reset(seed=1)[0][PIXELS]

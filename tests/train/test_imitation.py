@@ -302,3 +302,24 @@ def test_dagger_round_splits_episodes_across_rollout_budgets(
     assert (n0, b0, n1, b1) == (2, 1.0, 1, 0.25)
     assert seed1 == seed0 + 2  # disjoint episodes
     assert len(data.actions) > 0
+
+
+def test_bc_batches_take_the_colour_mix_when_configured() -> None:
+    """``bc.colour_mix`` recolours the sampled images; indices, proprio and actions stay."""
+    gen = torch.Generator().manual_seed(0)
+    data = imitation.BCData(
+        torch.randint(0, 256, (32, 8, 8, 3), generator=gen, dtype=torch.uint8),
+        torch.randn(32, 4, generator=gen),
+        torch.randn(32, 2, generator=gen),
+    )
+    torch.manual_seed(3)
+    plain_obs, plain_act = data.sample(8, 0)
+    torch.manual_seed(3)
+    mixed_obs, mixed_act = data.sample(8, 0, colour_mix=0.3)
+    assert torch.equal(plain_act, mixed_act)
+    assert torch.equal(plain_obs["proprio"], mixed_obs["proprio"])
+    assert not torch.equal(plain_obs["pixels"], mixed_obs["pixels"])
+    cfg = load_config(
+        Path(__file__).parents[2] / "configs/pickplace_bc.yaml", ["bc.colour_mix=0.3"]
+    )
+    assert cfg.bc.colour_mix == 0.3
