@@ -35,7 +35,7 @@ from rich.table import Table
 from swan_policy.cli import load_run_policy
 from swan_policy.config import load_config
 from swan_policy.evaluate import evaluate_policy
-from swan_policy.train.checkpoint import latest_checkpoint
+from swan_policy.train.checkpoint import latest_checkpoint, minutes_so_far, start_segment
 from swan_policy.train.imitation import train
 
 
@@ -56,29 +56,6 @@ def read_store(cache: Path) -> dict[str, Any]:
         return saved
     keep = ("key", "results", "dense_macs")
     return {"train_minutes": saved["train_minutes"], "evals": [{k: saved[k] for k in keep}]}
-
-
-SEGMENT = "bench_segment.json"  # when the current training segment started, and time before it
-
-
-def minutes_so_far(run: Path) -> float:
-    """Training minutes of an unfinished run, for ``--resume``.
-
-    Each segment runs from its start (``bench_segment.json``; for a run started before that
-    file existed, the first ``config.yaml`` write) to the run's last log line (the mtime of
-    ``metrics.jsonl``). Work after the last log line is lost on an interruption anyway: the
-    run resumes from its last checkpoint.
-    """
-    metrics = run / "metrics.jsonl"
-    if not metrics.is_file():
-        return 0.0
-    seg = run / SEGMENT
-    if seg.is_file():
-        saved = json.loads(seg.read_text())
-        before, started = float(saved["minutes_before"]), float(saved["started"])
-    else:
-        before, started = 0.0, (run / "config.yaml").stat().st_mtime
-    return before + max(0.0, metrics.stat().st_mtime - started) / 60
 
 
 def main() -> None:
@@ -119,9 +96,7 @@ def main() -> None:
             before = minutes_so_far(run) if resume else 0.0
             if run.exists() and not resume:
                 shutil.rmtree(run)
-            run.mkdir(parents=True, exist_ok=True)
-            segment = {"minutes_before": before, "started": time.time()}
-            (run / SEGMENT).write_text(json.dumps(segment))
+            start_segment(run, before)
             if resume:
                 console.print(f"seed {seed}: resuming after {before:.1f} min of training")
             train(cfg, run, resume=resume, show=True)

@@ -21,8 +21,9 @@ training pipeline and steps (samples seen), and the same evaluation episodes:
 
 Writes ``<docs>/tradeoff_<task>[_<variation>].{json,md,png}`` (mean ± std over seeds) and
 checks the issue's targets. Runs go to ``<out>/<task>/seed<k>/<arm>``; finished arms are
-reused (``--fresh`` retrains); ``--arms ... --merge`` re-runs only those arms and keeps
-the other rows of the earlier JSON. ``--reuse-swan`` takes a finished ``swan train`` run of the
+reused (``--fresh`` retrains; ``--resume`` continues interrupted ones from their last
+checkpoint); ``--arms ... --merge`` re-runs only those arms and keeps the other rows of
+the earlier JSON. ``--reuse-swan`` takes a finished ``swan train`` run of the
 same config per seed (``{seed}`` in the path) instead of training the SWAN arm again.
 ``--arms dense`` alone needs no SWAN run, so it can train in a second process beside the
 SWAN arm. Every other arm is matched to SWAN's ladder: start it once the SWAN arm has
@@ -65,7 +66,7 @@ from swan_policy.envs import make_env, resolve_policy_config
 from swan_policy.evaluate import BudgetResult, evaluate_policy
 from swan_policy.export.pipeline import calibration_rollouts
 from swan_policy.policy import SwanPolicy
-from swan_policy.train.checkpoint import latest_checkpoint
+from swan_policy.train.checkpoint import latest_checkpoint, minutes_so_far, start_segment
 from swan_policy.train.finetune import PLAIN, finetune_config
 from swan_policy.train.imitation import total_steps, train
 
@@ -128,20 +129,31 @@ def trained(
     fresh: bool,
     console: Console,
     quiet: bool,
+    resume: bool = False,
 ) -> tuple[SwanPolicy, dict[str, Any]]:
-    """Train ``cfg`` into ``run`` (unless a finished run is there); the final policy."""
+    """Train ``cfg`` into ``run`` (unless a finished run is there); the final policy.
+
+    ``resume``: an unfinished run (interrupted: no ``bench_done.json``, a checkpoint)
+    continues from its last checkpoint, and its minutes add up over the segments.
+    """
     done = run / DONE
     with training_lock(run):  # checked under the lock: another process may finish it first
         if fresh or not done.exists():
-            if run.exists():
+            resume = resume and not fresh and latest_checkpoint(run) is not None
+            before = minutes_so_far(run) if resume else 0.0
+            if run.exists() and not resume:
                 shutil.rmtree(run)
             t0 = time.perf_counter()
-            console.print(f"[bold]train[/] {run}")
-            train(cfg, run, show=not quiet, init_policy=init)
+            start_segment(run, before)
+            verb = f"resume after {before:.1f} min" if resume else "train"
+            console.print(f"[bold]{verb}[/] {run}")
+            train(cfg, run, resume=resume, show=not quiet, init_policy=init)
             info = {
                 "samples": total_steps(cfg) * cfg.bc.batch_size,
-                "minutes": (time.perf_counter() - t0) / 60,
+                "minutes": before + (time.perf_counter() - t0) / 60,
             }
+            if resume:
+                info["resumed"] = True
             done.write_text(json.dumps(info))
     last = latest_checkpoint(run)
     if last is None:
@@ -214,7 +226,9 @@ def run_seed(seed: int, args: argparse.Namespace, console: Console) -> list[dict
                 "reused": str(swan_run),
             }
         else:
-            swan, swan_info = trained(root / "swan", cfg, None, args.fresh, console, args.quiet)
+            swan, swan_info = trained(
+                root / "swan", cfg, None, args.fresh, console, args.quiet, args.resume
+            )
         if swan.dense_macs() != dense_full:  # every baseline is built from the config
             raise SystemExit(
                 f"error: the SWAN run's architecture ({swan.dense_macs():,} dense MACs) is not "
@@ -249,14 +263,16 @@ def run_seed(seed: int, args: argparse.Namespace, console: Console) -> list[dict
 
     def finetuned(arm: str, b: float, init: SwanPolicy, run: str, samples_before: int) -> None:
         """Fine-tune a cut-down model (``fcfg``) and add its row."""
-        tuned, tinfo = trained(root / run, fcfg, init, args.fresh, console, args.quiet)
+        tuned, tinfo = trained(root / run, fcfg, init, args.fresh, console, args.quiet, args.resume)
         r = evaluate(tuned, fcfg, args)[0]
         samples = samples_before + tinfo["samples"]
         rows.append(row(arm, b, r, target_macs=targets[b], samples=samples))
 
     if arms & {"dense", "pruned"}:
         dcfg = config_for(args, seed, *plain)
-        dense, dinfo = trained(root / "dense", dcfg, None, args.fresh, console, args.quiet)
+        dense, dinfo = trained(
+            root / "dense", dcfg, None, args.fresh, console, args.quiet, args.resume
+        )
         if "dense" in arms:
             rows.append(row("dense", 1.0, evaluate(dense, dcfg, args)[0], samples=dinfo["samples"]))
         if "pruned" in arms:
@@ -287,7 +303,9 @@ def run_seed(seed: int, args: argparse.Namespace, console: Console) -> list[dict
     if "slimmable" in arms:
         torch.manual_seed(seed)
         slim_init = make_slimmable(SwanPolicy(resolved))
-        slim, linfo = trained(root / "slimmable", cfg, slim_init, args.fresh, console, args.quiet)
+        slim, linfo = trained(
+            root / "slimmable", cfg, slim_init, args.fresh, console, args.quiet, args.resume
+        )
         # each level's prefix is the one whose MACs are nearest the SWAN level's: a level
         # also drops never-active units, so ceil(b * N) units can be well over its MACs
         lo = cfg.bc.b_min if cfg.bc.sandwich else 0.0
@@ -474,6 +492,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, default=Path("runs/bench_tradeoff"))
     parser.add_argument("--docs", type=Path, default=REPO / "docs" / "tradeoff")
     parser.add_argument("--fresh", action="store_true", help="Retrain finished arms.")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="Continue interrupted arms from their last checkpoint (default: start again).",
+    )
     parser.add_argument(
         "--merge",
         action="store_true",

@@ -202,3 +202,52 @@ def test_tradeoff_refuses_a_run_another_process_is_training(tmp_path: Path) -> N
     assert "is being trained by another process" in proc.stderr, proc.stderr[-3000:]
     assert (seed_dir / "swan" / "partial").exists()  # left alone
     assert not (tmp_path / "demos.hdf5").exists() and not (tmp_path / "docs").exists()
+
+
+def test_tradeoff_resumes_an_interrupted_arm_with_its_minutes(tmp_path: Path) -> None:
+    """``--resume`` continues an arm cut after a checkpoint and adds up its segments'
+    minutes; without it the arm starts again from step 0."""
+    import shutil
+
+    sets = [
+        *tiny_policy(),
+        f"demos.path={tmp_path / 'demos.hdf5'}",
+        "demos.episodes=2",
+        "demos.workers=1",
+        "bc.steps=4",
+        "bc.batch_size=8",
+        "bc.warmup_steps=1",
+        "dagger.rounds=0",
+        "log.checkpoint_every=2",
+        "log.tensorboard=false",
+    ]
+    base = [sys.executable, str(REPO / "scripts" / "bench_tradeoff.py"), "--seeds", "0"]
+    base += ["--arms", "dense", "--episodes", "1", "--workers", "1", "--quiet"]
+    env = {**os.environ, "MUJOCO_GL": "egl", "OMP_NUM_THREADS": "1"}
+
+    def bench(out: Path, *extra: str) -> tuple[list[tuple[int, bool]], dict]:
+        cmd = [*base, "--out", str(out), "--docs", str(out / "docs"), *set_args(sets), *extra]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        run = out / "reach" / "seed0" / "dense"
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        starts = [(r["step"], r["resumed"]) for r in map(json.loads, lines) if r["kind"] == "start"]
+        return starts, json.loads((run / "bench_done.json").read_text())
+
+    first = tmp_path / "a"
+    assert bench(first)[0] == [(0, False)]
+    run = first / "reach" / "seed0" / "dense"
+    for out in (tmp_path / "resumed", tmp_path / "again"):  # cut after the step-2 checkpoint
+        cut = out / "reach" / "seed0" / "dense"
+        shutil.copytree(run, cut)
+        (cut / "bench_done.json").unlink()
+        shutil.rmtree(cut / "checkpoints" / "step_4")
+        (cut / "checkpoints" / "last").write_text("step_2\n")
+        stamp = (cut / "metrics.jsonl").stat().st_mtime
+        segment = {"minutes_before": 2.0, "started": stamp - 60.0}  # 3 minutes so far
+        (cut / "bench_segment.json").write_text(json.dumps(segment))
+    starts, done = bench(tmp_path / "resumed", "--resume")
+    assert starts == [(0, False), (2, True)]
+    assert done["resumed"] is True and 3.0 <= done["minutes"] < 13.0
+    starts, done = bench(tmp_path / "again")
+    assert starts == [(0, False)] and "resumed" not in done and done["minutes"] < 3.0

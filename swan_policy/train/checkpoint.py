@@ -17,11 +17,13 @@ load (tests/reliability/test_crash_safety.py kills a real ``swan train`` mid-wri
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import random
 import re
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -267,3 +269,36 @@ def start_record(
         "platform": platform.platform(),
         "versions": versions,
     }
+
+
+# ----------------------------------------------------------------------------- training time
+# The benchmarks (scripts/bench_imitation.py, scripts/bench_tradeoff.py) report each run's
+# training minutes; a run resumed after an interruption adds up its segments.
+SEGMENT = "bench_segment.json"  # when the current training segment started, and time before it
+
+
+def start_segment(run_dir: Path, minutes_before: float = 0.0) -> None:
+    """Record that a training segment starts now, after ``minutes_before`` of training."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    segment = {"minutes_before": minutes_before, "started": time.time()}
+    (run_dir / SEGMENT).write_text(json.dumps(segment))
+
+
+def minutes_so_far(run_dir: Path) -> float:
+    """Training minutes of an unfinished run, for resuming it.
+
+    Each segment runs from its start (:func:`start_segment`; for a run started before that
+    file existed, the first ``config.yaml`` write) to the run's last log line (the mtime of
+    ``metrics.jsonl``). Work after the last log line is lost on an interruption anyway: the
+    run resumes from its last checkpoint.
+    """
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.is_file():
+        return 0.0
+    seg = run_dir / SEGMENT
+    if seg.is_file():
+        saved = json.loads(seg.read_text())
+        before, started = float(saved["minutes_before"]), float(saved["started"])
+    else:
+        before, started = 0.0, (run_dir / "config.yaml").stat().st_mtime
+    return before + max(0.0, metrics.stat().st_mtime - started) / 60
