@@ -47,6 +47,33 @@ def test_failure_distances_runs(reference_run: Path) -> None:
         assert row["tail_phases"] == ["reach"]
 
 
+def test_variation_failures_records_what_each_reset_drew(
+    reference_run: Path, tmp_path: Path
+) -> None:
+    """Reach has no variation by default: every factor at its default. With
+    ``--variation appearance`` the light and camera differ per episode, and no distractor."""
+    results = {}
+    for variation in ("none", "appearance"):
+        out = tmp_path / f"{variation}.json"
+        args = ["--run", str(reference_run), "--episodes", "3", "--variation", variation]
+        proc = _script("variation_failures.py", *args, "--out", str(out))
+        assert proc.returncode == 0, proc.stderr
+        results[variation] = json.loads(out.read_text())
+        assert "light_scale" in proc.stdout  # the per-factor table
+    plain, varied = results["none"], results["appearance"]
+    for result in (plain, varied):
+        assert result["episodes"] == 3 and len(result["rows"]) == 3
+        thirds = result["thirds"]["light_scale"]
+        assert [p["episodes"] for p in thirds] == [1, 1, 1]  # 3 episodes, one per third
+        assert {r["end_phase"] for r in result["rows"]} <= {"reach"}
+    assert {r["factors"]["light_scale"] for r in plain["rows"]} == {1.0}
+    assert {r["factors"]["camera_shift_cm"] for r in plain["rows"]} == {0.0}
+    assert len({r["factors"]["light_scale"] for r in varied["rows"]}) == 3
+    assert all(0 < r["factors"]["camera_shift_cm"] <= 100 * 0.015 * 3**0.5 for r in varied["rows"])
+    assert {r["factors"]["distractors"] for r in varied["rows"]} == {0.0}
+    assert set(varied["rows"][0]["factors"]) >= {"target_contrast", "fingertip_contrast"}
+
+
 def test_bench_imitation_keeps_each_seeds_evaluation_and_reuses_it(
     reference_run: Path, tmp_path: Path
 ) -> None:

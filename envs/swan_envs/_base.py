@@ -258,6 +258,26 @@ class SwanMujocoEnv(gym.Env[ObsDict, np.ndarray]):
         proprio = self._proprio().astype(np.float32)
         return {PIXELS: pixels, PROPRIO: proprio}
 
+    def visual_params(self) -> dict[str, Any]:
+        """What this episode's visual variation drew (all defaults under "none").
+
+        ``light_scale`` (the diffuse light's factor), ``camera_shift`` (m, x/y/z),
+        ``rgb`` (each recoloured geom's colour) and ``distractors`` (how many are shown):
+        for analysing which variation a policy fails under (scripts/variation_failures.py).
+        """
+        m, default = self.model, self._default_visual
+        lit = default["light_diffuse"][:, 0] > 0
+        return {
+            "light_scale": float(
+                np.mean(m.light_diffuse[lit, 0] / default["light_diffuse"][lit, 0])
+            ),
+            "camera_shift": (m.cam_pos[self._cam_id] - default["cam_pos"][self._cam_id]).tolist(),
+            "rgb": {n: m.geom_rgba[self._geom_ids[n], :3].tolist() for n in self.recolour_geoms},
+            "distractors": int(
+                sum(m.geom_rgba[self._geom_ids[n], 3] > 0 for n in self.distractor_geoms)
+            ),
+        }
+
     def _uniform_xy(self, radius: float) -> np.ndarray:
         return self.np_random.uniform(-radius, radius, size=2)
 
