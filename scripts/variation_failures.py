@@ -6,8 +6,8 @@ episode what the variation drew (``env.unwrapped.visual_params()``: light scale,
 shift, colours, distractors), whether it succeeded and the scripted expert's phase at its
 end (a failure's phase tells where it got stuck: reach, grasp, carry or place). Then, per
 factor, the success rate in the lower, middle and upper third of the episodes sorted by
-that factor. A factor the policy does not mind gives three similar rates; one it fails
-under gives a slope.
+that factor (factors the variation leaves constant are left out). A factor the policy
+does not mind gives three similar rates; one it fails under gives a slope.
 
 Factors: ``light_scale``; ``camera_shift_cm`` (length of the shift); ``<geom>_contrast``,
 the RGB distance between each recoloured geom and the floor (a target coloured like the
@@ -110,7 +110,10 @@ def main() -> None:
             )
     finally:
         env.close()
-    names = list(rows[0]["factors"]) if rows else []
+    # a factor the variation leaves alone (distractors under "appearance") has no thirds
+    names = [
+        n for n in (rows[0]["factors"] if rows else ()) if len({r["factors"][n] for r in rows}) > 1
+    ]
     result = {
         "run": str(args.run),
         "variation": env_cfg.kwargs.get("variation", "none"),

@@ -59,13 +59,16 @@ def test_variation_failures_records_what_each_reset_drew(
         proc = _script("variation_failures.py", *args, "--out", str(out))
         assert proc.returncode == 0, proc.stderr
         results[variation] = json.loads(out.read_text())
-        assert "light_scale" in proc.stdout  # the per-factor table
+        assert "success" in proc.stdout
     plain, varied = results["none"], results["appearance"]
     for result in (plain, varied):
         assert result["episodes"] == 3 and len(result["rows"]) == 3
-        thirds = result["thirds"]["light_scale"]
-        assert [p["episodes"] for p in thirds] == [1, 1, 1]  # 3 episodes, one per third
         assert {r["end_phase"] for r in result["rows"]} <= {"reach"}
+    assert plain["thirds"] == {}  # nothing varies
+    assert "distractors" not in varied["thirds"]  # constant under "appearance"
+    thirds = varied["thirds"]["light_scale"]
+    assert [p["episodes"] for p in thirds] == [1, 1, 1]  # 3 episodes, one per third
+    assert thirds[0]["to"] < thirds[1]["from"] and thirds[1]["to"] < thirds[2]["from"]
     assert {r["factors"]["light_scale"] for r in plain["rows"]} == {1.0}
     assert {r["factors"]["camera_shift_cm"] for r in plain["rows"]} == {0.0}
     assert len({r["factors"]["light_scale"] for r in varied["rows"]}) == 3
