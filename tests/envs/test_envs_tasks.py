@@ -148,10 +148,10 @@ def test_appearance_and_distractors_are_the_halves_of_hard(seed: int) -> None:
     for variation in ("none", *swan_envs.VARIATIONS):
         env = gym.make("swan_envs/PickPlace-v0", variation=variation, width=16, height=16)
         env.reset(seed=seed)
-        m = env.unwrapped.model  # type: ignore[attr-defined]
-        ids = env.unwrapped._geom_ids  # type: ignore[attr-defined]
-        recoloured = [ids[n] for n in env.unwrapped.recolour_geoms]  # type: ignore[attr-defined]
-        shown = [ids[n] for n in env.unwrapped.distractor_geoms]  # type: ignore[attr-defined]
+        task: Any = env.unwrapped  # a swan_envs task: its model and geom names
+        m, ids = task.model, task._geom_ids
+        recoloured = [ids[n] for n in task.recolour_geoms]
+        shown = [ids[n] for n in task.distractor_geoms]
         visuals[variation] = (
             m.geom_rgba[recoloured].copy(),
             m.cam_pos.copy(),
