@@ -123,6 +123,9 @@ def main() -> None:
         "thirds": {name: by_thirds(rows, name) for name in names},
         "rows": rows,
     }
+    if args.out:  # first: a reader of the table that stops early (head) leaves the file
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1))
     print(f"{result['episodes']} episodes, success {result['success']:.1%}")
     print(f"failures ended in phase: {result['failure_end_phases']}")
     for name, parts in result["thirds"].items():
@@ -130,9 +133,6 @@ def main() -> None:
             f"{p['from']:g}-{p['to']:g}: {p['success']:.0%} of {p['episodes']}" for p in parts
         )
         print(f"{name:>18}  {cells}")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
