@@ -323,3 +323,33 @@ def test_bc_batches_take_the_colour_mix_when_configured() -> None:
         Path(__file__).parents[2] / "configs/pickplace_bc.yaml", ["bc.colour_mix=0.3"]
     )
     assert cfg.bc.colour_mix == 0.3
+
+
+def test_resuming_a_run_from_an_init_policy_keeps_what_it_froze(
+    demos16: Path, tmp_path: Path
+) -> None:
+    """A slimmable baseline (frozen gates) cut after a checkpoint and resumed: its gates
+    stay the init policy's prefixes, the rest trains on."""
+    from swan_policy.baselines import make_slimmable
+    from swan_policy.envs import make_env, resolve_policy_config
+    from tests.reliability._runs import CONFIG, tiny_train
+
+    cfg = load_config(CONFIG, tiny_train(demos16)[4::2])  # the --set values
+    resolved = resolve_policy_config(cfg.policy, make_env(cfg.env))
+
+    def slimmable() -> SwanPolicy:
+        torch.manual_seed(0)
+        return make_slimmable(SwanPolicy(resolved))
+
+    run = tmp_path / "run"
+    imitation.train(cfg, run, show=False, init_policy=slimmable())
+    shutil.rmtree(run / "checkpoints" / "step_6")  # cut after the step-4 checkpoint
+    (run / "checkpoints" / "last").write_text("step_4\n")
+    imitation.train(cfg, run, resume=True, show=False, init_policy=slimmable())
+    last = latest_checkpoint(run)
+    assert last is not None and last.name == "step_6"
+    final, init = SwanPolicy.from_pretrained(last), slimmable()
+    frozen = {n for n, p in init.named_parameters() if not p.requires_grad}
+    assert frozen
+    for (name, p), q in zip(final.named_parameters(), init.parameters(), strict=True):
+        assert torch.equal(p, q) == (name in frozen), name
