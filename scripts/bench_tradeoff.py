@@ -126,20 +126,19 @@ def trained(
     run: Path,
     cfg: ExperimentConfig,
     init: SwanPolicy | None,
-    fresh: bool,
+    args: argparse.Namespace,
     console: Console,
-    quiet: bool,
-    resume: bool = False,
 ) -> tuple[SwanPolicy, dict[str, Any]]:
     """Train ``cfg`` into ``run`` (unless a finished run is there); the final policy.
 
-    ``resume``: an unfinished run (interrupted: no ``bench_done.json``, a checkpoint)
-    continues from its last checkpoint, and its minutes add up over the segments.
+    ``--fresh`` trains again; with ``--resume`` an unfinished run (interrupted: no
+    ``bench_done.json``, a checkpoint) continues from its last checkpoint, and its minutes
+    add up over the segments.
     """
     done = run / DONE
     with training_lock(run):  # checked under the lock: another process may finish it first
-        if fresh or not done.exists():
-            resume = resume and not fresh and latest_checkpoint(run) is not None
+        if args.fresh or not done.exists():
+            resume = args.resume and not args.fresh and latest_checkpoint(run) is not None
             before = minutes_so_far(run) if resume else 0.0
             if run.exists() and not resume:
                 shutil.rmtree(run)
@@ -147,7 +146,7 @@ def trained(
             start_segment(run, before)
             verb = f"resume after {before:.1f} min" if resume else "train"
             console.print(f"[bold]{verb}[/] {run}")
-            train(cfg, run, resume=resume, show=not quiet, init_policy=init)
+            train(cfg, run, resume=resume, show=not args.quiet, init_policy=init)
             info = {
                 "samples": total_steps(cfg) * cfg.bc.batch_size,
                 "minutes": before + (time.perf_counter() - t0) / 60,
@@ -226,9 +225,7 @@ def run_seed(seed: int, args: argparse.Namespace, console: Console) -> list[dict
                 "reused": str(swan_run),
             }
         else:
-            swan, swan_info = trained(
-                root / "swan", cfg, None, args.fresh, console, args.quiet, args.resume
-            )
+            swan, swan_info = trained(root / "swan", cfg, None, args, console)
         if swan.dense_macs() != dense_full:  # every baseline is built from the config
             raise SystemExit(
                 f"error: the SWAN run's architecture ({swan.dense_macs():,} dense MACs) is not "
@@ -263,16 +260,14 @@ def run_seed(seed: int, args: argparse.Namespace, console: Console) -> list[dict
 
     def finetuned(arm: str, b: float, init: SwanPolicy, run: str, samples_before: int) -> None:
         """Fine-tune a cut-down model (``fcfg``) and add its row."""
-        tuned, tinfo = trained(root / run, fcfg, init, args.fresh, console, args.quiet, args.resume)
+        tuned, tinfo = trained(root / run, fcfg, init, args, console)
         r = evaluate(tuned, fcfg, args)[0]
         samples = samples_before + tinfo["samples"]
         rows.append(row(arm, b, r, target_macs=targets[b], samples=samples))
 
     if arms & {"dense", "pruned"}:
         dcfg = config_for(args, seed, *plain)
-        dense, dinfo = trained(
-            root / "dense", dcfg, None, args.fresh, console, args.quiet, args.resume
-        )
+        dense, dinfo = trained(root / "dense", dcfg, None, args, console)
         if "dense" in arms:
             rows.append(row("dense", 1.0, evaluate(dense, dcfg, args)[0], samples=dinfo["samples"]))
         if "pruned" in arms:
@@ -293,9 +288,7 @@ def run_seed(seed: int, args: argparse.Namespace, console: Console) -> list[dict
         for b in args.levels:
             small = SwanPolicy(dense_config(resolved, ladder.units(b)))
             scfg = config_for(args, seed, *plain)
-            policy, sinfo = trained(
-                root / f"scratch_{b:g}", scfg, small, args.fresh, console, args.quiet
-            )
+            policy, sinfo = trained(root / f"scratch_{b:g}", scfg, small, args, console)
             r = evaluate(policy, scfg, args)[0]
             rows.append(row("scratch", b, r, target_macs=targets[b], samples=sinfo["samples"]))
 
@@ -303,9 +296,7 @@ def run_seed(seed: int, args: argparse.Namespace, console: Console) -> list[dict
     if "slimmable" in arms:
         torch.manual_seed(seed)
         slim_init = make_slimmable(SwanPolicy(resolved))
-        slim, linfo = trained(
-            root / "slimmable", cfg, slim_init, args.fresh, console, args.quiet, args.resume
-        )
+        slim, linfo = trained(root / "slimmable", cfg, slim_init, args, console)
         # each level's prefix is the one whose MACs are nearest the SWAN level's: a level
         # also drops never-active units, so ceil(b * N) units can be well over its MACs
         lo = cfg.bc.b_min if cfg.bc.sandwich else 0.0

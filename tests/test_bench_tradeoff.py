@@ -27,8 +27,9 @@ ARMS = {
 }
 
 
-def test_tradeoff_benchmark_writes_table_json_and_plot(tmp_path: Path) -> None:
-    sets = [
+def _tiny_sets(tmp_path: Path, checkpoint_every: int) -> list[str]:
+    """A few BC steps of a tiny Reach policy on 2 demos (collected into ``tmp_path``)."""
+    return [
         *tiny_policy(),
         f"demos.path={tmp_path / 'demos.hdf5'}",
         "demos.episodes=2",
@@ -37,9 +38,13 @@ def test_tradeoff_benchmark_writes_table_json_and_plot(tmp_path: Path) -> None:
         "bc.batch_size=8",
         "bc.warmup_steps=1",
         "dagger.rounds=0",
-        "log.checkpoint_every=4",
+        f"log.checkpoint_every={checkpoint_every}",
         "log.tensorboard=false",
     ]
+
+
+def test_tradeoff_benchmark_writes_table_json_and_plot(tmp_path: Path) -> None:
+    sets = _tiny_sets(tmp_path, checkpoint_every=4)
     cmd = [
         sys.executable,
         str(REPO / "scripts" / "bench_tradeoff.py"),
@@ -209,18 +214,7 @@ def test_tradeoff_resumes_an_interrupted_arm_with_its_minutes(tmp_path: Path) ->
     minutes; without it the arm starts again from step 0."""
     import shutil
 
-    sets = [
-        *tiny_policy(),
-        f"demos.path={tmp_path / 'demos.hdf5'}",
-        "demos.episodes=2",
-        "demos.workers=1",
-        "bc.steps=4",
-        "bc.batch_size=8",
-        "bc.warmup_steps=1",
-        "dagger.rounds=0",
-        "log.checkpoint_every=2",
-        "log.tensorboard=false",
-    ]
+    sets = _tiny_sets(tmp_path, checkpoint_every=2)
     base = [sys.executable, str(REPO / "scripts" / "bench_tradeoff.py"), "--seeds", "0"]
     base += ["--arms", "dense", "--episodes", "1", "--workers", "1", "--quiet"]
     env = {**os.environ, "MUJOCO_GL": "egl", "OMP_NUM_THREADS": "1"}

@@ -441,9 +441,8 @@ def train(
             resolved = cfg.model_copy(update={"policy": policy_cfg})
             changes = resume_changes(run_dir / "config.yaml", resolved, policy.config)
         else:  # what init_policy froze (a slimmable's gates) stays frozen
-            frozen = {n for n, p in init_policy.named_parameters() if not p.requires_grad}
-            for name, param in policy.named_parameters():
-                param.requires_grad_(name not in frozen)
+            for p, q in zip(policy.parameters(), init_policy.parameters(), strict=True):
+                p.requires_grad_(q.requires_grad)
         for r in range(1, int(state.extras.get("dagger_rounds_done", 0)) + 1):
             data.append(load_labelled(run_dir / "dagger" / f"round_{r}.safetensors"))
     else:
