@@ -57,6 +57,13 @@ class EncoderConfig(StrictModel):
     channels: list[int] = Field([32, 32, 32, 32], description="Channels per conv layer.")
     strides: list[int] = Field([2, 1, 1, 1], description="Stride per conv layer.")
     kernel_size: int = Field(3, ge=1, le=7, description="Conv kernel size.")
+    input_norm: Literal["fixed", "image"] = Field(
+        "fixed",
+        description="Pixel normalisation: 'fixed' maps [0, 255] to [-0.5, 0.5]; 'image' "
+        "standardises each image's channels (zero mean, unit std over the pixels), which "
+        "takes out the light's strength and a colour cast over the whole image (the "
+        "first conv's gate then reads zero means: its units follow their bias alone).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> EncoderConfig:

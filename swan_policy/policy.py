@@ -98,6 +98,7 @@ class SwanPolicy(nn.Module):
                 gated=g.enabled,
                 options=opts,
                 ref_units=[ref[f"encoder.layers.{i}"] for i in range(n_enc)] if ref else None,
+                input_norm=config.encoder.input_norm,
             )
         self.proprio = ProprioMLP(self.proprio_dim, config.head.proprio_hidden)
         self.feature_dim = self.encoder.out_dim if self.encoder is not None else 0

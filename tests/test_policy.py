@@ -20,10 +20,11 @@ def _policy(seed: int = 0, **overrides: object) -> SwanPolicy:
     return SwanPolicy(tiny_config(**overrides)).eval()
 
 
+@pytest.mark.parametrize("norm", ["fixed", "image"])
 @pytest.mark.parametrize("batch", [1, 6])
 @pytest.mark.parametrize("budget", [1.0, 0.75, 0.5, 0.25])
-def test_three_modes_agree(batch: int, budget: float) -> None:
-    policy = _policy()
+def test_three_modes_agree(batch: int, budget: float, norm: str) -> None:
+    policy = _policy(encoder={"channels": [8, 8], "strides": [2, 1], "input_norm": norm})
     obs = random_obs(policy.config, batch, seed=1)
     calib = random_obs(policy.config, 64, seed=2)
     with torch.no_grad():

@@ -75,7 +75,8 @@ class DenseLevelGraph(nn.Module):
     parity check compares with the policy's own unfused forward):
 
     * pixels: ``conv((x / 255 - 0.5), W) + b = conv(x, W / 255) + (b - 0.5 * sum W)``
-      (valid because the first conv has no padding);
+      (valid because the first conv has no padding; ``input_norm="image"`` stays in the
+      graph, as it depends on the image);
     * proprio: ``W ((p - mean) / std) + b = (W / std) p + (b - (W / std) mean)`` in the
       first layer that reads it (the proprio MLP, or the head's first layer);
     * actions: ``low + (tanh(z) + 1) * (high - low) / 2 = tanh(z) * s + c``, then clip
@@ -93,7 +94,9 @@ class DenseLevelGraph(nn.Module):
         p = copy.deepcopy(policy).eval()
         with torch.no_grad():
             enc = p.encoder
-            if enc is not None:
+            # per-image standardisation has no weight to fold into; it stays in the graph
+            self.fold_pixels = enc is not None and enc.input_norm == "fixed"
+            if enc is not None and self.fold_pixels:
                 first = enc.convs[0].conv
                 if _padding_of(first) != 0:
                     raise ValueError("pixel normalisation folding needs an unpadded first conv")
@@ -124,9 +127,14 @@ class DenseLevelGraph(nn.Module):
         p = self.policy
         parts = []
         if p.encoder is not None:
-            # NHWC uint8 -> contiguous NCHW float (normalisation folded into the first conv;
-            # a channels-last view would make the exporter specialise the batch size)
-            x = named[PIXELS].permute(0, 3, 1, 2).to(torch.float32).contiguous()
+            # NHWC uint8 -> contiguous NCHW float (a fixed normalisation is folded into the
+            # first conv; a channels-last view would make the exporter specialise the batch)
+            px = named[PIXELS]
+            x = (
+                px.permute(0, 3, 1, 2).to(torch.float32).contiguous()
+                if self.fold_pixels
+                else preprocess_pixels(px, p.encoder.input_norm)
+            )
             for conv in p.encoder.convs:
                 x = torch.relu(conv.conv(x))
             parts.append(p.encoder.pool(x))
@@ -181,7 +189,7 @@ class GatedPolicyGraph(nn.Module):
         p, budget = self.policy, named[BUDGET].to(torch.float32)
         parts = []
         if p.encoder is not None:
-            x = preprocess_pixels(named[PIXELS])
+            x = preprocess_pixels(named[PIXELS], p.encoder.input_norm)
             g: Tensor | None = None
             for conv in p.encoder.convs:
                 assert conv.gate is not None

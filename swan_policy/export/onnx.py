@@ -13,7 +13,8 @@ Each graph is exported through a thin wrapper (:class:`PolicyGraph`) whose input
 plain tensors -- ``pixels [B, H, W, C] uint8`` (pixel policies) and
 ``proprio [B, P] float32`` -- and whose body has no Python branching on tensor values,
 so the dynamo exporter (``torch.export``) captures it whole. Preprocessing (uint8 ->
-float, ``/255 - 0.5``, proprio normalisation) and postprocessing (tanh, unscale to the
+float, ``/255 - 0.5`` or the per-image standardisation of ``input_norm="image"``,
+proprio normalisation) and postprocessing (tanh, unscale to the
 action bounds, clip) are inside the graph: the robot feeds raw sensor arrays and
 sends the output to the actuators.
 

@@ -5,9 +5,17 @@ then a spatial softmax that turns each channel into its expected ``(x, y)`` imag
 coordinate -- a precise, cheap position read-out (anchors.md: precision is the
 bottleneck of pixel BC). A gated-off channel's keypoint is multiplied by its gate so
 it is exactly zero, and the sparse mode simply leaves it out.
+
+Pixels are normalised either by a fixed map (``/255 - 0.5``) or per image
+(``input_norm="image"``): each channel standardised over its pixels, so the light's
+strength and a global colour cast drop out. With the latter the first conv's gate reads
+channel means that are always zero, so its units are switched by their learned bias
+alone (input-independent); the gates of the later layers read features.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -15,11 +23,24 @@ from torch import Tensor, nn
 from swan_policy.nn import flops
 from swan_policy.nn.layers import Active, GatedConv2d, GateOptions
 
+InputNorm = Literal["fixed", "image"]
+IMAGE_NORM_EPS = 0.01  # std floor, in [0, 1] pixel units: a flat image stays finite
 
-def preprocess_pixels(pixels: Tensor) -> Tensor:
-    """``[B, H, W, C]`` uint8 -> ``[B, C, H, W]`` float in ``[-0.5, 0.5]``."""
+
+def preprocess_pixels(pixels: Tensor, norm: InputNorm = "fixed") -> Tensor:
+    """``[B, H, W, C]`` uint8 -> ``[B, C, H, W]`` float.
+
+    ``norm="fixed"``: ``x / 255 - 0.5``, in ``[-0.5, 0.5]``. ``norm="image"``: each image's
+    channels standardised over their pixels, ``(x - mean) / sqrt(var + eps^2)`` (in
+    ``[0, 1]`` units), so scaling an image's brightness or shifting a channel leaves it
+    (up to uint8 rounding) unchanged.
+    """
     # contiguous NCHW: a channels-last view would send small convs down slow paths
-    return pixels.permute(0, 3, 1, 2).to(torch.float32).div(255.0).sub(0.5).contiguous()
+    x = pixels.permute(0, 3, 1, 2).to(torch.float32).div(255.0)
+    if norm == "image":
+        var, mean = torch.var_mean(x, dim=(2, 3), keepdim=True, correction=0)
+        return ((x - mean) * torch.rsqrt(var + IMAGE_NORM_EPS**2)).contiguous()
+    return x.sub(0.5).contiguous()
 
 
 class SpatialSoftmax(nn.Module):
@@ -56,6 +77,7 @@ class GatedConvEncoder(nn.Module):
         gated: gates on every conv (``False`` builds the dense baseline).
         options: gate hyper-parameters.
         ref_units: per-layer unit count the budget refers to (set by compaction).
+        input_norm: pixel normalisation (:func:`preprocess_pixels`).
     """
 
     def __init__(
@@ -69,9 +91,11 @@ class GatedConvEncoder(nn.Module):
         gated: bool = True,
         options: GateOptions | None = None,
         ref_units: list[int] | None = None,
+        input_norm: InputNorm = "fixed",
     ) -> None:
         super().__init__()
         self.in_channels = in_channels
+        self.input_norm: InputNorm = input_norm
         layers: list[GatedConv2d] = []
         hw, c_in = image_hw, in_channels
         for i, (c_out, stride) in enumerate(zip(channels, strides, strict=True)):
@@ -94,7 +118,7 @@ class GatedConvEncoder(nn.Module):
 
     def forward(self, pixels: Tensor, budget: float = 1.0) -> tuple[Tensor, list[Tensor | None]]:
         """Masked mode. Returns features ``[B, 2C]`` and each layer's gates."""
-        x = preprocess_pixels(pixels)
+        x = preprocess_pixels(pixels, self.input_norm)
         gates: list[Tensor | None] = []
         for layer in self.convs:
             x, g = layer(x, budget)
@@ -106,7 +130,7 @@ class GatedConvEncoder(nn.Module):
 
     def forward_sparse(self, pixels: Tensor, budget: float = 1.0) -> Active:
         """Sparse mode: the present keypoint features (gates: ``layer.gate.last_gates``)."""
-        a = Active(preprocess_pixels(pixels))
+        a = Active(preprocess_pixels(pixels, self.input_norm))
         for layer in self.convs:
             a = layer.forward_sparse(a, budget)
         feats = self.pool(a.x)

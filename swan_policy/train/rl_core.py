@@ -258,6 +258,7 @@ class SwanFeaturesExtractor(BaseFeaturesExtractor):
                 enc_cfg.kernel_size,
                 gated=gate_cfg.enabled,
                 options=gate_options(gate_cfg),
+                input_norm=enc_cfg.input_norm,
             )
         proprio = ProprioMLP(layout.proprio_dim, proprio_hidden)
         super().__init__(observation_space, (enc.out_dim if enc else 0) + proprio.out_dim)

@@ -38,6 +38,15 @@ def _trained_like(cfg, seed: int) -> SwanPolicy:
     policy.set_normalization(
         np.linspace(-1, 1, dim), np.linspace(0.5, 2, dim), -np.arange(1, act + 1), np.ones(act)
     )
+    if policy.encoder is not None and policy.encoder.input_norm == "image":
+        # the first gate reads the channel means, which image norm makes 0: its logits
+        # are its bias, all tied at init; a trained policy has learned distinct ones
+        first = policy.encoder.convs[0].gate_fc
+        assert first is not None
+        with torch.no_grad():
+            first.bias.copy_(
+                torch.linspace(-1.0, 1.0, first.bias.numel())[torch.randperm(first.bias.numel())]
+            )
     return policy
 
 
@@ -56,12 +65,20 @@ def pixel_bundle(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def image_norm_bundle(tmp_path_factory):
+    """Per-image standardised pixels: not foldable into the first conv, so in the graph."""
+    tmp = tmp_path_factory.mktemp("image_norm")
+    enc = {"channels": [8, 8], "strides": [2, 1], "input_norm": "image"}
+    return _export(tmp, tiny_config(encoder=enc), (1.0, 0.5), gates="folded", gated=True)
+
+
+@pytest.fixture(scope="module")
 def state_bundle(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("state")
     return _export(tmp, state_config(), (1.0, 0.25), gates="kept", int8=True)
 
 
-@pytest.mark.parametrize("which", ["pixel_bundle", "state_bundle"])
+@pytest.mark.parametrize("which", ["pixel_bundle", "image_norm_bundle", "state_bundle"])
 def test_every_level_matches_torch_at_batch_1_and_16(which, request) -> None:
     policy, extra, report = request.getfixturevalue(which)
     runtime = PolicyRuntime.load(report.path)
@@ -158,8 +175,9 @@ def test_kept_gates_output_the_gate_margin(state_bundle) -> None:
     np.testing.assert_allclose(margin, expected.numpy(), atol=1e-5)
 
 
-def test_gated_graph_takes_the_budget_as_input(pixel_bundle) -> None:
-    policy, _, report = pixel_bundle
+@pytest.mark.parametrize("which", ["pixel_bundle", "image_norm_bundle"])
+def test_gated_graph_takes_the_budget_as_input(which, request) -> None:
+    policy, _, report = request.getfixturevalue(which)
     assert report.gated is not None and max(report.gated["parity_max_abs_diff"].values()) <= 1e-4
     sess = ort.InferenceSession(str(report.path / "gated.onnx"))
     assert [i.name for i in sess.get_inputs()] == ["pixels", "proprio", "budget"]
@@ -227,7 +245,14 @@ def test_int8_candidates_and_verdicts(state_bundle) -> None:
 @pytest.mark.parametrize(
     ("low", "high"), [((-1.0, -1.0), (1.0, 1.0)), ((-2.0, -2.0), (3.0, 3.0)), ((-2, 0), (1, 5))]
 )
-@pytest.mark.parametrize("cfg", [tiny_config, state_config])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        tiny_config,
+        state_config,
+        lambda: tiny_config(encoder={"channels": [8, 8], "strides": [2, 1], "input_norm": "image"}),
+    ],
+)
 def test_fused_dense_graph_equals_the_policy(cfg, low, high) -> None:
     """The folded normalisation and action affine are the same function (torch side)."""
     torch.manual_seed(1)

@@ -120,6 +120,35 @@ def test_preprocess_pixels_is_an_exact_rescaled_nchw_view(images: np.ndarray) ->
     np.testing.assert_array_equal(back, images)  # no information lost
 
 
+@given(
+    images=hnp.arrays(
+        np.uint8,
+        st.tuples(st.integers(1, 3), st.integers(2, 9), st.integers(2, 9), st.integers(1, 6)),
+    ),
+    scale=st.sampled_from([2, 3, 4]),
+)
+def test_image_norm_standardises_and_ignores_brightness(images: np.ndarray, scale: int) -> None:
+    """input_norm="image": each channel of each image has mean 0 and std <= 1 (1 unless
+    flat), and an image dimmed by an integer factor (exact in uint8) maps to the same
+    values up to the std floor."""
+    x = preprocess_pixels(torch.from_numpy(images), "image")
+    b, h, w, c = images.shape
+    assert x.shape == (b, c, h, w) and x.is_contiguous() and torch.isfinite(x).all()
+    torch.testing.assert_close(x.mean((2, 3)), torch.zeros(b, c), atol=1e-4, rtol=0)
+    std = x.std((2, 3), correction=0)
+    assert float(std.max()) <= 1.0 + 1e-4
+    wide = torch.from_numpy(images.astype(np.float32)).std((1, 2), correction=0) / 255.0
+    big = wide >= 0.1  # well above the 0.01 floor: standardised to ~1
+    torch.testing.assert_close(std[big], torch.ones_like(std[big]), atol=0.01, rtol=0)
+    bright = images // scale * scale  # so that dimming by `scale` is exact
+    dim = bright // scale
+    xb = preprocess_pixels(torch.from_numpy(bright), "image")
+    xd = preprocess_pixels(torch.from_numpy(dim), "image")
+    spread = torch.from_numpy(dim.astype(np.float32)).std((1, 2), correction=0) / 255.0
+    ok = spread >= 0.1  # the floor changes the scale by < 0.5% here
+    torch.testing.assert_close(xb[ok], xd[ok], atol=1e-4, rtol=0.01)
+
+
 # --------------------------------------------------------------------------- validation
 dims = st.integers(1, 4)
 specs = st.dictionaries(

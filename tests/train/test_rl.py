@@ -431,3 +431,30 @@ def test_sb3_class_paths_of_older_saves_still_resolve(name: str) -> None:
         or cls is getattr(rl_core, name, None)
         or (cls.__module__ == "swan_policy.train.rl")
     )
+
+
+def test_features_extractor_normalises_pixels_as_configured() -> None:
+    """The RL trunk reads ``encoder.input_norm``: with "image" a dimmed image gives the
+    same features (up to uint8 rounding), with "fixed" it does not."""
+    from gymnasium import spaces
+
+    from swan_policy.train.rl_core import SwanFeaturesExtractor
+
+    space = spaces.Dict(
+        {
+            PIXELS: spaces.Box(0, 255, (16, 16, 3), np.uint8),
+            PROPRIO: spaces.Box(-1.0, 1.0, (3,), np.float32),
+        }
+    )
+    g = torch.Generator().manual_seed(0)
+    bright = torch.randint(0, 128, (2, 16, 16, 3), generator=g, dtype=torch.uint8) * 2
+    obs = {PROPRIO: torch.zeros(2, 3)}
+    feats = {}
+    for norm in ("fixed", "image"):
+        torch.manual_seed(0)
+        enc = {"channels": [4, 4], "strides": [2, 1], "input_norm": norm}
+        ext = SwanFeaturesExtractor(space, enc, gate={"enabled": False})
+        with torch.no_grad():
+            feats[norm] = [ext({**obs, PIXELS: px}) for px in (bright, bright // 2)]
+    torch.testing.assert_close(*feats["image"], atol=1e-3, rtol=0)
+    assert not torch.allclose(*feats["fixed"], atol=1e-3)
