@@ -1,6 +1,6 @@
 """BC training throughput: gated vs ungated encoder of the same width, same loop.
 
-Runs :func:`swan_policy.train.imitation.bc_update` (sampling, random shift, loss,
+Runs :func:`swan_policy.train.bc.bc_update` (sampling, random shift, loss,
 backward, AdamW) on random 64x64 data for each arm, alternating blocks of steps between
 arms (so machine noise hits all alike), and reports the median samples/s per arm, and
 the gate cost as the median over blocks of ungated's rate over gated's in the adjacent
@@ -30,7 +30,7 @@ from rich.table import Table
 
 from swan_policy.config import ExperimentConfig, load_config
 from swan_policy.policy import SwanPolicy
-from swan_policy.train.imitation import BCData, SandwichLoss, bc_update, lr_lambda, make_optimizer
+from swan_policy.train.bc import BCData, SandwichLoss, bc_update, lr_lambda, make_optimizer
 
 
 def make_arm(

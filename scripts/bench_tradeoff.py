@@ -68,8 +68,9 @@ from swan_policy.evaluate import BudgetResult, evaluate_policy
 from swan_policy.export.pipeline import calibration_rollouts
 from swan_policy.policy import SwanPolicy
 from swan_policy.train.checkpoint import latest_checkpoint, minutes_so_far, start_segment
+from swan_policy.train.dagger import total_steps
 from swan_policy.train.finetune import PLAIN, finetune_config
-from swan_policy.train.imitation import total_steps, train
+from swan_policy.train.imitation import train
 
 REPO = Path(__file__).resolve().parents[1]
 TASK_CONFIGS = {

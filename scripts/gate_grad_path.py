@@ -23,7 +23,7 @@ import torch
 
 from swan_policy.cli import load_run_policy
 from swan_policy.config import load_config
-from swan_policy.train.imitation import load_bc_data
+from swan_policy.train.bc import load_bc_data
 from swan_policy.train.losses import bc_sandwich_loss
 
 

@@ -154,7 +154,7 @@ def train(
     teacher -> pixel-student distillation (distill), as the config's method says."""
     from swan_policy.config import load_config
     from swan_policy.train.checkpoint import latest_checkpoint
-    from swan_policy.train.imitation import TrainingError, TrainingInterrupted
+    from swan_policy.train.runtime import TrainingError, TrainingInterrupted
 
     cfg = load_config(config, [*(overrides or []), *([f"rl.n_envs={n_envs}"] if n_envs else [])])
     out = run_dir or Path("runs") / cfg.name

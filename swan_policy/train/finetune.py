@@ -29,7 +29,7 @@ def finetune_config(
 ) -> ExperimentConfig:
     """``cfg`` turned into BC on its demos (no DAgger, no in-training evaluation) for
     ``frac`` of its training steps at ``lr_scale`` times its learning rate."""
-    from swan_policy.train.imitation import total_steps
+    from swan_policy.train.dagger import total_steps
 
     if not 0 < frac:
         raise ValueError(f"frac: must be > 0, got {frac!r}")
@@ -71,7 +71,8 @@ def finetune(
     from swan_policy.deploy.runtime import sha256_file
     from swan_policy.export.onnx import config_hash
     from swan_policy.serialization import tensors_hash
-    from swan_policy.train.imitation import total_steps, train
+    from swan_policy.train.dagger import total_steps
+    from swan_policy.train.imitation import train
 
     info = {
         "steps": total_steps(cfg),

@@ -74,17 +74,17 @@ from swan_policy.train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from swan_policy.train.imitation import (
-    TrainingError,
-    TrainingInterrupted,
-    _eval_record,
-    graceful_interrupt,
-)
 from swan_policy.train.rl import (
     GateStatsCallback,
     SwanActorCriticPolicy,
     SwanSACPolicy,
     extract_swan_policy,
+)
+from swan_policy.train.runtime import (
+    TrainingError,
+    TrainingInterrupted,
+    eval_record,
+    graceful_interrupt,
 )
 
 SB3_STATE = "sb3_state.safetensors"
@@ -429,7 +429,7 @@ class RLRun:
             policy, self.cfg.env, ev.episodes, ev.budgets, ev.workers, ev.seed
         )
         # straight to the outputs: SB3's logger may hold train values not dumped yet
-        record = {k: v for k, v in _eval_record(step, results).items() if k.startswith("eval/")}
+        record = {k: v for k, v in eval_record(step, results).items() if k.startswith("eval/")}
         for fmt in self.formats:
             if isinstance(fmt, TensorBoardOutputFormat):
                 tb = {k.replace("@", "_at_"): v for k, v in record.items()}

@@ -17,8 +17,8 @@ from swan_policy.cli import main
 from swan_policy.config import load_config
 from swan_policy.policy import SwanPolicy
 from swan_policy.train.checkpoint import latest_checkpoint
+from swan_policy.train.dagger import total_steps
 from swan_policy.train.finetune import finetune_config
-from swan_policy.train.imitation import total_steps
 from tests.conftest import random_obs
 
 
@@ -113,8 +113,8 @@ def test_finetune_on_extra_data_trains_on_it_and_keeps_the_demo_normalisation(
 ) -> None:
     from swan_policy.budget.ladder import fold_all_gates
     from swan_policy.serialization import save_tensors
+    from swan_policy.train.bc import load_bc_data
     from swan_policy.train.finetune import finetune
-    from swan_policy.train.imitation import load_bc_data
 
     cfg = finetune_config(load_config(reference_run / "config.yaml"), 1.0)
     policy = SwanPolicy.from_pretrained(latest_checkpoint(reference_run))

@@ -34,7 +34,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     import torch
     import torch.distributed as dist
 
-    from swan_policy.train.imitation import SandwichLoss
+    from swan_policy.train.bc import SandwichLoss
     from tests.conftest import random_obs, tiny_config
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
@@ -55,7 +55,7 @@ def test_ddp_gradients_match_single_process(tmp_path: Path) -> None:
     import torch
     import torch.multiprocessing as mp
 
-    from swan_policy.train.imitation import SandwichLoss
+    from swan_policy.train.bc import SandwichLoss
     from tests.conftest import random_obs, tiny_config
 
     mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)

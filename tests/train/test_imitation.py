@@ -19,7 +19,7 @@ from swan_policy.cli import main
 from swan_policy.config import load_config
 from swan_policy.policy import SwanPolicy
 from swan_policy.serialization import load_tensors
-from swan_policy.train import imitation
+from swan_policy.train import bc, dagger, imitation
 from swan_policy.train.checkpoint import latest_checkpoint
 from tests.reliability._runs import TINY_DAGGER, set_args, tiny_policy
 
@@ -115,14 +115,14 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     calls = {"n": 0}
-    real = imitation.bc_sandwich_loss
+    real = bc.bc_sandwich_loss
 
     def flaky(*args: object, **kwargs: object) -> tuple[torch.Tensor, dict[str, object]]:
         calls["n"] += 1
         loss, info = real(*args, **kwargs)  # type: ignore[arg-type]  # passed through as is
         return (loss * float("nan") if calls["n"] == 5 else loss), info
 
-    monkeypatch.setattr(imitation, "bc_sandwich_loss", flaky)
+    monkeypatch.setattr(bc, "bc_sandwich_loss", flaky)
     run = tmp_path / "run"
     code = main(
         [
@@ -288,7 +288,7 @@ def test_dagger_round_splits_episodes_across_rollout_budgets(
     cfg = load_config(CONFIG, [v for i, v in enumerate(sets) if i % 2])
     policy = SwanPolicy(tiny_config(image_hw=(32, 32), proprio_dim=6))
     calls: list[tuple[int, int, float]] = []
-    real = imitation.run_episodes
+    real = dagger.run_episodes
 
     def spy(
         policy: SwanPolicy, vec: Any, episodes: int, seed: int, budget: float, **kw: Any
@@ -296,8 +296,8 @@ def test_dagger_round_splits_episodes_across_rollout_budgets(
         calls.append((episodes, seed, budget))
         return real(policy, vec, episodes, seed, budget, **kw)
 
-    monkeypatch.setattr(imitation, "run_episodes", spy)
-    data, _ = imitation.dagger_round(policy, cfg, 1)
+    monkeypatch.setattr(dagger, "run_episodes", spy)
+    data, _ = dagger.dagger_round(policy, cfg, 1)
     (n0, seed0, b0), (n1, seed1, b1) = calls
     assert (n0, b0, n1, b1) == (2, 1.0, 1, 0.25)
     assert seed1 == seed0 + 2  # disjoint episodes
@@ -307,7 +307,7 @@ def test_dagger_round_splits_episodes_across_rollout_budgets(
 def test_bc_batches_take_the_colour_mix_when_configured() -> None:
     """``bc.colour_mix`` recolours the sampled images; indices, proprio and actions stay."""
     gen = torch.Generator().manual_seed(0)
-    data = imitation.BCData(
+    data = bc.BCData(
         torch.randint(0, 256, (32, 8, 8, 3), generator=gen, dtype=torch.uint8),
         torch.randn(32, 4, generator=gen),
         torch.randn(32, 2, generator=gen),

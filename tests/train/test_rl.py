@@ -390,7 +390,7 @@ def test_distill_teacher_labels_the_pixel_student(tmp_path: Path) -> None:
     assert (run / "dagger" / "round_1.safetensors").is_file()
     assert not (tmp_path / "data").exists()  # no scripted-expert demo file
     # the labels are the teacher's actions on the env's privileged state
-    from swan_policy.train.imitation import teacher_labeller
+    from swan_policy.train.labellers import teacher_labeller
     from swan_policy.train.rl_run import run_policy_dir
 
     teacher_dir = run_policy_dir(run / "teacher")
