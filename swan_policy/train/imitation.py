@@ -18,7 +18,6 @@ by DDP, rank 0 logs, evaluates and checkpoints.
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Sequence
@@ -184,8 +183,7 @@ class _ImitationRun:
         )
         if changes:
             start["changed"] = changes
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(start) + "\n")
+        self.ctx.log(None, start)  # no TensorBoard scalars for the start line
 
     # --- what the loop calls ------------------------------------------------------------
     def setup(self, policy: SwanPolicy, loaded: Checkpoint | None, state: TrainerState) -> None:

@@ -9,7 +9,7 @@ import os
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -30,20 +30,19 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 @dataclass
 class RunContext:
-    """A run's directory, this process's rank in it and the metrics logged so far."""
+    """A run's directory and this process's rank in it."""
 
     run_dir: Path
     rank: int = 0
     world: int = 1
-    metrics: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def main(self) -> bool:
         return self.rank == 0
 
     def log(self, writer: Any, record: dict[str, Any]) -> None:
-        """Append ``record`` to ``metrics.jsonl`` and its numbers to TensorBoard."""
-        self.metrics.append(record)
+        """Append ``record`` to ``metrics.jsonl`` and its numbers to TensorBoard (if a
+        ``writer`` is given)."""
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
         if writer is not None:
