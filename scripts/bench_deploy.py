@@ -110,7 +110,8 @@ def main() -> None:
         for lvl in manifest["levels"]:
             variants = [("fp32", lvl)]
             q = lvl.get("int8")
-            if args.int8 and isinstance(q, dict) and q.get("kept", True):
+            # only int8 graphs the export judged in closed loop and kept (as the runtime)
+            if args.int8 and isinstance(q, dict) and q.get("kept", False):
                 variants.append(("int8", {**q, "macs": lvl["macs"]}))
             for precision, entry in variants:
                 name = f"{manifest['name']} {manifest['gates']} {lvl['budget']:g}"

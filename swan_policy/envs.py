@@ -79,6 +79,41 @@ def check_action(action: Any, space: spaces.Space[Any]) -> None:
         raise ValueError(f"action must be finite, got {arr.tolist()} (NaN or Inf)")
 
 
+def effective_kwargs(env_id: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` as the env is built with them: the registration's kwargs underneath, and
+    without the entries that equal the constructor's defaults or only choose a render
+    mode, so that ``{}`` and ``{"variation": "none"}`` name the same env.
+
+    (JSON round trip: tuples compare equal to the lists a file stores.)
+    """
+    import inspect
+    import json
+
+    from gymnasium.envs.registration import load_env_creator
+
+    ensure_registered(env_id)
+    merged = json.loads(json.dumps(kwargs, default=str))
+    defaults: dict[str, Any] = {}
+    try:
+        spec = gym.spec(env_id)
+        merged = {**json.loads(json.dumps(spec.kwargs, default=str)), **merged}
+        if isinstance(spec.entry_point, str):
+            creator = load_env_creator(spec.entry_point)
+            defaults = {
+                name: p.default
+                for name, p in inspect.signature(creator).parameters.items()
+                if p.default is not inspect.Parameter.empty
+            }
+    except (gym.error.Error, ValueError, TypeError, ImportError, AttributeError):
+        pass  # unknown or not inspectable: compare the kwargs as given
+    defaults = json.loads(json.dumps(defaults, default=str))
+    return {
+        k: v
+        for k, v in merged.items()
+        if k != "render_mode" and not (k in defaults and defaults[k] == v)
+    }
+
+
 def make_env(cfg: EnvConfig, render_mode: str | None = None, **overrides: Any) -> gym.Env[Any, Any]:
     """``gym.make`` for a config's env (flat ``Box`` observations become ``{"proprio"}``).
 

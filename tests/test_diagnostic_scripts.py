@@ -342,3 +342,31 @@ def test_ladder_ranking_cuts_every_ranking_to_the_same_widths(
     for key, row in tuned.items():  # the same cut, trained further: same MACs, own run
         assert row["macs_per_step"] == by[key]["macs_per_step"] and row["steps"] > 0
         assert (tmp_path / "ft" / f"{key[1]}_level_{key[0]:g}" / "finetune.json").is_file()
+
+
+def test_budget_fit_reports_every_set_and_budget(reference_run: Path, tmp_path: Path) -> None:
+    """Demos, then each DAgger round in numeric order (round_10 after round_2)."""
+    import shutil
+
+    from swan_policy.config import load_config
+    from swan_policy.serialization import save_tensors
+    from swan_policy.train.bc import load_bc_data
+
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)  # the reference run is BC only: add two rounds
+    demos = load_bc_data(Path(load_config(run / "config.yaml").demos.path))
+    (run / "dagger").mkdir()
+    for r, n in ((2, 5), (10, 7)):
+        part = demos.tensors()
+        save_tensors(run / "dagger" / f"round_{r}.safetensors", {k: v[:n] for k, v in part.items()})
+    out = tmp_path / "fit.json"
+    args = ["--run", str(run), "--budgets", "0.25", "1", "--samples", "16"]
+    proc = _script("budget_fit.py", *args, "--batch", "5", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["set"] for r in rows] == ["demos", "round_2", "round_10"]
+    assert [r["samples"] for r in rows[1:]] == [5, 7]
+    for r in rows:
+        assert set(r["bc_mse"]) == {"1", "0.25"} and r["drawn"] == min(16, r["samples"])
+        assert all(v >= 0.0 for v in r["bc_mse"].values()) and r["distill_mse"] >= 0.0
+    assert "b=0.25 / b=1" in proc.stdout

@@ -189,6 +189,16 @@ class Deadline(Scheduler):
     ``(1 - hysteresis) * slack`` for ``up_after`` consecutive steps. When no level
     fits, the cheapest level is used.
 
+    Re-probing: a level excluded because its measured p99 does not fit is not run, so
+    its window would never change and one slow step (a first onnxruntime call, a
+    hiccup of the machine) would ban it for good. Instead, once it has not run (nor
+    been measured) for its back-off period -- ``window`` scheduler steps at first -- its
+    window is forgotten: it counts as unmeasured again, and is stepped up to through
+    the usual hysteresis. If that retry is too slow again, its back-off doubles (up to
+    ``64 * window`` steps); once a retry fits, the back-off returns to ``window``. What a
+    user sees: a level hit by a one-off spike comes back after about ``window`` steps,
+    and a level that is truly too slow costs at most one slow step per back-off period.
+
     Args:
         deadline_ms: the control period (or the part of it the policy may use), ms.
         window: latencies kept per level for the p99.
@@ -200,6 +210,7 @@ class Deadline(Scheduler):
 
     kind = "deadline"
     spec_fields = ("deadline_ms", "window", "hysteresis", "up_after", "safety_ms")
+    BACKOFF_CAP = 64  # the longest back-off, in windows
 
     def __init__(
         self,
@@ -228,10 +239,15 @@ class Deadline(Scheduler):
         self._latency: dict[float, deque[float]] = {b: deque(maxlen=window) for b in self.levels}
         self._current: float | None = None
         self._up_count = 0
+        # re-probing (see the class docstring): steps since each level was last measured,
+        # its back-off, and the levels whose window was forgotten for a retry
+        self._idle = dict.fromkeys(self.levels, 0)
+        self._backoff = dict.fromkeys(self.levels, window)
+        self._probing: set[float] = set()
 
     def reset(self) -> None:
-        """New episode: the level restarts from the top; latency windows are kept
-        (they describe the machine, not the episode)."""
+        """New episode: the level restarts from the top; latency windows and back-offs
+        are kept (they describe the machine, not the episode)."""
         super().reset()
         self._current = None
         self._up_count = 0
@@ -242,6 +258,11 @@ class Deadline(Scheduler):
         if not math.isfinite(ms) or ms < 0:
             raise ValueError(f"latency_ms: must be finite and >= 0, got {ms!r}")
         self._latency[level].append(float(ms))
+        self._idle[level] = 0
+
+    def retry_after(self, level: float) -> int:
+        """Steps a level excluded for its p99 waits before it is probed again."""
+        return self._backoff[level]
 
     def p99(self, level: float) -> float | None:
         """99th percentile of the level's latency window (None: not measured yet)."""
@@ -254,8 +275,29 @@ class Deadline(Scheduler):
         p = self.p99(level)
         return p is None or p <= slack
 
+    def _reprobe(self, slack: float) -> None:
+        """Judge the retries measured since the last step; forget the windows of levels
+        excluded for their p99 that have waited out their back-off."""
+        for level in self.levels:
+            if level in self._probing and self._latency[level]:  # a retry ran: judge it
+                self._probing.discard(level)
+                if self._fits(level, slack):
+                    self._backoff[level] = self.window
+                else:
+                    cap = self.BACKOFF_CAP * self.window
+                    self._backoff[level] = min(2 * self._backoff[level], cap)
+            elif (
+                self._idle[level] >= self._backoff[level]
+                and self._latency[level]
+                and not self._fits(level, slack)
+            ):
+                self._latency[level].clear()  # unmeasured again: it may be stepped up to
+                self._probing.add(level)
+            self._idle[level] += 1
+
     def _choose(self, step: StepInfo) -> float:
         slack = self.deadline_ms - step.elapsed_ms - self.safety_ms
+        self._reprobe(slack)
         # largest level that fits, never above one that does not (latency grows with b)
         best = self.levels[-1]
         for level in reversed(self.levels):  # cheapest first
@@ -500,12 +542,16 @@ _FIELDS: dict[str, tuple[str, ...]] = {
 _INT_FIELDS = ("window", "up_after")
 
 
-def make_scheduler(spec: Mapping[str, Any] | str) -> Scheduler:
+def make_scheduler(
+    spec: Mapping[str, Any] | str, levels: Sequence[float] | None = None
+) -> Scheduler:
     """Build a scheduler from a config dict or a short string.
 
     Strings: ``"fixed"``, ``"fixed:0.5"``, ``"deadline:20"`` (ms), ``"adaptive:0.4"``
     (target mean budget). Dicts: ``{"kind": "adaptive", "target": 0.4, "signal":
     "obs"}`` -- the fields are the constructor arguments of the kind's class.
+    ``levels``: the ladder of a spec that names none (default: ``DEFAULT_LEVELS``);
+    the spec is checked against this ladder, e.g. a bundle's own levels.
 
     Raises:
         ValueError: one line naming the bad field (``scheduler.<field>: ...``).
@@ -538,6 +584,8 @@ def make_scheduler(spec: Mapping[str, Any] | str) -> Scheduler:
             f"scheduler.{unknown[0]}: unknown field for {kind!r} "
             f"(known: {', '.join(_FIELDS[kind])})"
         )
+    if levels is not None and "levels" not in data:
+        data["levels"] = list(levels)
     missing = [f for f in _REQUIRED.get(kind, ()) if f not in data]
     if missing:
         raise ValueError(f"scheduler.{missing[0]}: required for {kind!r}")

@@ -309,11 +309,16 @@ def deploy(
     success, latency percentiles per level, deadline misses and the mean budget.
     """
     import json
+    import math
     import subprocess
     import tempfile
 
     if precision not in ("fp32", "int8"):
         raise UserError(f"--precision: expected 'fp32' or 'int8', got {precision!r}")
+    if not math.isfinite(rate):
+        raise UserError(f"--rate: must be a finite number >= 0, got {rate}")
+    if deadline_ms is not None and not (math.isfinite(deadline_ms) and deadline_ms > 0):
+        raise UserError(f"--deadline-ms: must be a finite number > 0, got {deadline_ms}")
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "deploy.json"
         cmd = [sys.executable, "-m", "swan_policy.deploy.loop", "--bundle", str(bundle)]

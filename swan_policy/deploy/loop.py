@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib.abc
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -66,15 +67,20 @@ def run_control_loop(
         env: a gymnasium env with the bundle's observation dict.
         episodes: how many episodes.
         seed: seed of the first episode.
-        rate_hz: control rate (None: as fast as possible, no sleeping).
+        rate_hz: control rate (None or 0: as fast as possible, no sleeping).
         on_episode: called with each finished episode's record.
 
     Returns:
         Summary: success rate, returns, steps, period overruns, wall time and the
         runtime's :meth:`~swan_policy.deploy.runtime.PolicyRuntime.stats`.
+
+    Raises:
+        ValueError: ``rate_hz`` is negative, NaN or infinite.
     """
     import numpy as np
 
+    if rate_hz is not None and not (math.isfinite(rate_hz) and rate_hz >= 0):
+        raise ValueError(f"--rate: must be a finite number >= 0, got {rate_hz}")
     period = 1.0 / rate_hz if rate_hz else 0.0
     records: list[dict[str, Any]] = []
     overruns = 0
@@ -176,8 +182,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.episodes < 1:
             raise ValueError(f"--episodes: must be >= 1, got {args.episodes}")
-        if args.rate < 0:
-            raise ValueError(f"--rate: must be >= 0, got {args.rate}")
+        if not (math.isfinite(args.rate) and args.rate >= 0):
+            raise ValueError(f"--rate: must be a finite number >= 0, got {args.rate}")
+        if args.deadline_ms is not None and not (
+            math.isfinite(args.deadline_ms) and args.deadline_ms > 0
+        ):
+            raise ValueError(f"--deadline-ms: must be a finite number > 0, got {args.deadline_ms}")
         kwargs = {}
         for item in args.env_kwarg:
             key, sep, raw = item.partition("=")
@@ -194,7 +204,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.bundle, scheduler=scheduler, deadline_ms=args.deadline_ms,
             precision=args.precision,
         )  # fmt: skip
-        env = make_sim_env(args.task, kwargs)
+        try:
+            env = make_sim_env(args.task, kwargs)
+        except TypeError as e:  # an env constructor refusing a keyword it does not take
+            if not kwargs:
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(
+                f"--env-kwarg: {args.task} refused the keyword arguments {kwargs}: {first}"
+            ) from None
         try:
             from swan_policy.envs import check_spaces
 

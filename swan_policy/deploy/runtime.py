@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from swan_policy.budget.schedulers import Scheduler, StepInfo, make_scheduler
+from swan_policy.budget.schedulers import Adaptive, Scheduler, StepInfo, make_scheduler
 from swan_policy.spec import ObservationError, ObsSpec
 
 BUNDLE_FORMAT = "swan-bundle/1"
@@ -60,8 +60,15 @@ class BundleError(ValueError):
 
 
 def level_file(budget: float, suffix: str = "") -> str:
-    """File name of a level's graph, e.g. ``level_0.50.onnx`` / ``level_0.50.int8.onnx``."""
-    return f"level_{budget:.2f}{suffix}.onnx"
+    """File name of a level's graph, e.g. ``level_0.50.onnx`` / ``level_0.50.int8.onnx``.
+
+    A budget exact at 2 decimals keeps that name; any other gets an exact, longer one
+    (``level_0.125.onnx``), so 0.125 and 0.12 never share a file.
+    """
+    name = f"{budget:.2f}"
+    if float(name) != budget:
+        name = f"{budget:.6g}"
+    return f"level_{name}{suffix}.onnx"
 
 
 def sha256_file(path: Path) -> str:
@@ -123,7 +130,177 @@ def read_manifest(bundle_dir: str | Path) -> dict[str, Any]:
     for i, lvl in enumerate(data["levels"]):
         if not isinstance(lvl, dict) or not {"budget", "file", "sha256"} <= set(lvl):
             raise BundleError(f"{path}: levels[{i}] needs 'budget', 'file' and 'sha256'")
+    _check_manifest(path, data)
     return data
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_manifest(path: Path, data: Mapping[str, Any]) -> None:
+    """The manifest's fields have the types and values the runtime relies on.
+
+    Raises:
+        BundleError: naming the manifest's path, the field, the rule and the value.
+    """
+
+    def bad(field: str, rule: str, value: Any) -> BundleError:
+        return BundleError(f"{path}: {field}: {rule}, got {_short(value)}")
+
+    spec = data["obs_spec"]
+    if not isinstance(spec, dict) or not spec:
+        raise bad("obs_spec", "expected a mapping of key -> {shape, dtype}", spec)
+    for key, entry in spec.items():
+        field = f"obs_spec[{key!r}]"
+        if not isinstance(entry, dict) or not {"shape", "dtype"} <= set(entry):
+            raise bad(field, "expected {'shape': [...], 'dtype': ...}", entry)
+        shape, dtype = entry["shape"], entry["dtype"]
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape
+        ):
+            raise bad(f"{field}.shape", "expected a list of integers >= 1", shape)
+        if dtype != "uint8" and dtype != "float32":
+            raise bad(f"{field}.dtype", "expected 'uint8' or 'float32'", dtype)
+    inputs = data["inputs"]
+    if (
+        not isinstance(inputs, list)
+        or not inputs
+        or not all(isinstance(name, str) for name in inputs)
+        or len(set(inputs)) != len(inputs)
+    ):
+        raise bad("inputs", "expected a list of distinct input names", inputs)
+    if set(inputs) != set(spec):
+        raise bad("inputs", f"must name the obs_spec keys {sorted(spec)}", inputs)
+    bounds = []
+    for field in ("action_low", "action_high"):
+        value = data[field]
+        if (
+            not isinstance(value, list)
+            or not value
+            or not all(_is_number(v) and math.isfinite(v) for v in value)
+        ):
+            raise bad(field, "expected a non-empty list of finite numbers", value)
+        bounds.append(value)
+    low, high = bounds
+    if len(low) != len(high) or any(lo > hi for lo, hi in zip(low, high, strict=False)):
+        raise bad("action_high", f"expected {len(low)} numbers >= action_low's", high)
+    budgets: dict[float, int] = {}
+    files: dict[str, int] = {}
+    for i, lvl in enumerate(data["levels"]):
+        b = lvl["budget"]
+        if not _is_number(b) or not 0.0 < b <= 1.0:
+            raise bad(f"levels[{i}].budget", "expected a number in (0, 1]", b)
+        if float(b) in budgets:
+            raise bad(f"levels[{i}].budget", f"already the budget of levels[{budgets[b]}]", b)
+        budgets[float(b)] = i
+        graphs = [("", lvl)]
+        if lvl.get("int8") is not None:
+            int8 = lvl["int8"]
+            if not isinstance(int8, dict) or not {"file", "sha256"} <= set(int8):
+                raise bad(f"levels[{i}].int8", "expected {'file': ..., 'sha256': ...}", int8)
+            if "kept" in int8 and not isinstance(int8["kept"], bool):
+                raise bad(f"levels[{i}].int8.kept", "expected true or false", int8["kept"])
+            graphs.append((".int8", int8))
+        for sub, entry in graphs:
+            for key in ("file", "sha256"):
+                if not isinstance(entry[key], str) or not entry[key]:
+                    raise bad(f"levels[{i}]{sub}.{key}", "expected a non-empty string", entry[key])
+            name = entry["file"]
+            if name in files:
+                raise bad(
+                    f"levels[{i}]{sub}.file", f"already the file of levels[{files[name]}]", name
+                )
+            files[name] = i
+
+
+def _check_graph(
+    path: Path, sess: ort.InferenceSession, spec: ObsSpec, inputs: list[str], action_dim: int
+) -> None:
+    """The graph's inputs are the manifest's (names, dtypes, shapes after the batch axis)
+    and it outputs the action: a bundle that disagrees with itself is refused at load,
+    not by onnxruntime at the first step.
+
+    Raises:
+        BundleError: naming the file, the input and the manifest's field.
+    """
+    names = [i.name for i in sess.get_inputs()]
+    if names != inputs:
+        raise BundleError(f"{path}: graph inputs {names} differ from the manifest's {inputs}")
+    for node in sess.get_inputs():
+        entry = spec.entries[node.name]
+        field = f"{MANIFEST_NAME} obs_spec[{node.name!r}]"
+        fed = "tensor(uint8)" if entry.dtype == "uint8" else "tensor(float)"
+        if node.type != fed:
+            raise BundleError(
+                f"{path}: graph input {node.name!r} is {node.type}, but {field} says "
+                f"{entry.dtype} (fed as {fed})"
+            )
+        shape = list(node.shape)
+        if len(shape) != 1 + len(entry.shape) or any(
+            isinstance(got, int) and got != want
+            for got, want in zip(shape[1:], entry.shape, strict=True)
+        ):
+            raise BundleError(
+                f"{path}: graph input {node.name!r} has shape {shape}, but {field} says "
+                f"{list(entry.shape)} (after the batch axis)"
+            )
+    outputs = {o.name: o for o in sess.get_outputs()}
+    if ACTION not in outputs:
+        raise BundleError(f"{path}: the graph has no {ACTION!r} output (has {list(outputs)})")
+    shape = list(outputs[ACTION].shape)
+    if len(shape) != 2 or (isinstance(shape[1], int) and shape[1] != action_dim):
+        raise BundleError(
+            f"{path}: graph output {ACTION!r} has shape {shape}, but {MANIFEST_NAME} "
+            f"action_low has {action_dim} entries"
+        )
+
+
+def _warm_up(
+    path: Path, sess: ort.InferenceSession, feed: Mapping[str, np.ndarray], runs: int
+) -> None:
+    """Run a session ``runs`` times: onnxruntime's first calls are several times slower
+    than the rest, and must not land on the robot's first steps (or in a deadline
+    scheduler's latency window)."""
+    try:
+        for _ in range(runs):
+            sess.run(None, dict(feed))
+    except Exception as e:  # onnxruntime raises its own exception types per failure
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BundleError(f"{path}: onnxruntime cannot run this graph ({first})") from None
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}: must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_deadline(value: float | None) -> None:
+    if value is not None and not (_is_number(value) and value > 0 and math.isfinite(value)):
+        raise ValueError(f"deadline_ms: must be finite and > 0, got {value!r}")
+
+
+def _check_int8_judged(bundle: Path, manifest: Mapping[str, Any]) -> None:
+    """Refuse int8 graphs without a closed-loop verdict (an interrupted export, or
+    ``export_bundle(int8=True)`` without :func:`~swan_policy.export.onnx.set_int8_verdicts`):
+    only closed-loop success says whether an int8 graph may replace its fp32 level."""
+    unjudged = [
+        f"{lvl['budget']:g}"
+        for lvl in manifest["levels"]
+        if lvl.get("int8") is not None and "kept" not in lvl["int8"]
+    ]
+    if unjudged:
+        raise BundleError(
+            f"{bundle / MANIFEST_NAME}: the int8 graphs of levels {', '.join(unjudged)} were "
+            "never judged in closed loop (no 'kept' verdict); judge them with `swan export "
+            "--int8 --eval-episodes N` (keeps an int8 graph only if its closed-loop success "
+            "holds), or use precision fp32"
+        )
 
 
 @dataclass
@@ -183,11 +360,15 @@ class PolicyRuntime:
                 f"levels {list(self.levels)}"
             )
         self.scheduler = scheduler
-        if deadline_ms is not None and not (deadline_ms > 0 and math.isfinite(deadline_ms)):
-            raise ValueError(f"deadline_ms: must be finite and > 0, got {deadline_ms!r}")
+        _check_deadline(deadline_ms)
+        _check_int("window", window, 1)
         self.deadline_ms = deadline_ms
-        self._outputs = {b: [o.name for o in s.get_outputs()] for b, s in self._sessions.items()}
-        self._window = int(window)
+        # the action, and the gate margin where the graph has it (gates kept)
+        self._outputs = {
+            b: [ACTION] + [o.name for o in s.get_outputs() if o.name == MARGIN]
+            for b, s in self._sessions.items()
+        }
+        self._window = window
         self.reset_stats()
         self.reset()
 
@@ -206,8 +387,10 @@ class PolicyRuntime:
         threads: int = 1,
         window: int = 10_000,
         verify: bool = True,
+        warmup: int = 3,
+        int8_unjudged: bool = False,
     ) -> PolicyRuntime:
-        """Load a bundle and preload one session per level.
+        """Load a bundle, check it against its graphs, and preload one session per level.
 
         Args:
             bundle_dir: a directory written by ``swan export``.
@@ -215,29 +398,50 @@ class PolicyRuntime:
                 (``"fixed:0.5"``, ``"deadline:5"``, ``{"kind": "adaptive", ...}``) whose
                 levels default to the bundle's; None: the top level every step.
             deadline_ms: count steps longer than this as deadline misses.
-            precision: ``"fp32"``, or ``"int8"`` to use the bundle's int8 graphs
-                (levels whose int8 graph the export dropped, or that have none, run fp32).
+            precision: ``"fp32"``, or ``"int8"`` to use the int8 graphs the export kept
+                after judging them in closed loop (levels whose int8 graph was dropped,
+                or that have none, run fp32; int8 graphs never judged are refused).
             threads: intra-op threads per session (1 is fastest at batch 1 here).
             window: latencies kept per level for the percentiles.
             verify: check each file's SHA-256 against the manifest (a corrupted or
                 replaced file is refused before onnxruntime parses it).
+            warmup: runs of each session on a neutral observation (zeros) before
+                returning: onnxruntime's first calls are several times slower. Not
+                counted in :meth:`stats` nor shown to the scheduler; 0 disables.
+            int8_unjudged: with ``precision="int8"``, also run int8 graphs that have no
+                closed-loop verdict yet -- for the export's own judgement only.
 
         Raises:
-            BundleError: the bundle is missing, malformed or corrupted (names the file).
-            ValueError: a bad scheduler config (one line naming the field).
+            BundleError: the bundle is missing, malformed, corrupted, or its graphs
+                disagree with its manifest (names the file and the field).
+            ValueError: a bad argument or scheduler config (one line naming the field).
         """
-        bundle = Path(bundle_dir)
-        manifest = read_manifest(bundle)
         if precision not in ("fp32", "int8"):
             raise ValueError(f"precision: expected 'fp32' or 'int8', got {precision!r}")
+        _check_int("threads", threads, 1)
+        _check_int("window", window, 1)
+        _check_int("warmup", warmup, 0)
+        _check_deadline(deadline_ms)
+        bundle = Path(bundle_dir)
+        manifest = read_manifest(bundle)
+        levels = sorted((float(lvl["budget"]) for lvl in manifest["levels"]), reverse=True)
+        sched = cls._make_scheduler(scheduler, levels)
+        if precision == "int8" and not int8_unjudged:
+            _check_int8_judged(bundle, manifest)
+        spec = ObsSpec.from_json(manifest["obs_spec"])
+        inputs: list[str] = list(manifest["inputs"])
+        neutral = {
+            name: np.zeros((1, *spec.entries[name].shape), dtype=spec.entries[name].dtype)
+            for name in inputs
+        }
         sessions: dict[float, ort.InferenceSession] = {}
         for lvl in manifest["levels"]:
             entry = lvl
             int8 = lvl.get("int8")
             # int8 graphs the export dropped are marked kept=false (and deleted)
-            if precision == "int8" and isinstance(int8, dict) and int8.get("kept", True):
+            if precision == "int8" and int8 is not None and int8.get("kept", int8_unjudged):
                 entry = int8
-            path = bundle / str(entry["file"])
+            path = bundle / entry["file"]
             if not path.is_file():
                 raise BundleError(f"{path}: file not found (listed in {MANIFEST_NAME})")
             if verify and sha256_file(path) != entry["sha256"]:
@@ -246,14 +450,22 @@ class PolicyRuntime:
                     "(the file is corrupted or was replaced; re-export the bundle)"
                 )
             sess = load_session(path, threads)
-            names = [i.name for i in sess.get_inputs()]
-            if names != list(manifest["inputs"]):
-                raise BundleError(
-                    f"{path}: graph inputs {names} differ from the manifest's {manifest['inputs']}"
-                )
+            _check_graph(path, sess, spec, inputs, len(manifest["action_low"]))
+            _warm_up(path, sess, neutral, warmup)
             sessions[float(lvl["budget"])] = sess
-        levels = sorted(sessions, reverse=True)
-        sched = cls._make_scheduler(scheduler, levels)
+        if isinstance(sched, Adaptive) and sched.signal == "margin":
+            lacking = [
+                b
+                for b in sched.levels
+                if b in sessions and MARGIN not in {o.name for o in sessions[b].get_outputs()}
+            ]
+            if lacking:
+                raise ValueError(
+                    f"{bundle}: scheduler signal 'margin' needs the graphs' {MARGIN!r} "
+                    f"output, which the graphs of levels {', '.join(f'{b:g}' for b in lacking)} "
+                    "lack (`swan export` folds the gates by default); use signal 'action' or "
+                    "'obs', or re-export with `swan export --gates kept`"
+                )
         return cls(bundle, manifest, sessions, sched, deadline_ms, window)
 
     @staticmethod
@@ -264,10 +476,8 @@ class PolicyRuntime:
             return spec
         if spec is None:
             spec = {"kind": "fixed", "budget": max(levels)}
-        data = make_scheduler(spec).spec()  # validates; full config incl. defaults
-        if isinstance(spec, str) or "levels" not in spec:
-            data["levels"] = list(levels)  # the bundle's ladder, not the default one
-        return make_scheduler(data)
+        # checked against the bundle's ladder (a spec naming its own levels keeps them)
+        return make_scheduler(spec, levels=levels)
 
     # ------------------------------------------------------------------ acting
     def reset(self) -> None:
@@ -296,13 +506,17 @@ class PolicyRuntime:
         start = time.perf_counter()
         arrays = self.obs_spec.validate(obs)
         elapsed_ms = (time.perf_counter() - start) * 1e3
+        # the previous step's measurements go to the scheduler once: a step that fails
+        # from here on leaves none behind to be blamed on its level at the next step
+        forward_ms, self._forward_ms = self._forward_ms, None
+        margin, self._margin = self._margin, None
         level = self.scheduler.budget(
             StepInfo(
                 step=self._step,
                 obs=arrays,
                 action=self._last_action,
-                margin=self._margin,
-                latency_ms=self._forward_ms,
+                margin=margin,
+                latency_ms=forward_ms,
                 elapsed_ms=elapsed_ms,
                 phase=phase,
             )

@@ -275,7 +275,8 @@ def export_bundle(
         config: the training config (its hash goes into the metadata).
         gated: also export ``gated.onnx`` (full model, budget input).
         int8: also write static-quantised int8 graphs (candidates: the caller decides
-            from closed-loop success which to keep, see :func:`set_int8_verdicts`).
+            from closed-loop success which to keep, see :func:`set_int8_verdicts`; until
+            then the deploy runtime refuses ``precision="int8"`` on the bundle).
         overwrite: replace an existing bundle.
         atol: parity tolerance.
         name: bundle name (default: the directory name).
@@ -294,6 +295,14 @@ def export_bundle(
     unknown = [b for b in chosen if b not in ladder.levels]
     if unknown:
         raise ValueError(f"levels {unknown} are not in the ladder's levels {list(ladder.levels)}")
+    files: dict[str, float] = {}
+    for b in chosen:  # one file per level: never let one level overwrite another's graph
+        other = files.setdefault(level_file(b), b)
+        if other != b:
+            raise ValueError(
+                f"levels {other!r} and {b!r} would both be written to {level_file(b)}; "
+                "choose levels that differ in their first 6 significant digits"
+            )
     finetuned = dict(finetuned or {})
     if finetuned and gates != "folded":
         raise ValueError(

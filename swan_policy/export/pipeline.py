@@ -69,7 +69,11 @@ def closed_loop(
     seed: int,
     precision: str = "fp32",
 ) -> dict[float, dict[str, Any]]:
-    """Success and latency of each level run by the deploy runtime in the simulator."""
+    """Success and latency of each level run by the deploy runtime in the simulator.
+
+    With ``precision="int8"`` it runs the int8 candidates that have no verdict yet:
+    this is the closed-loop judgement that gives them one.
+    """
     from swan_policy.deploy.loop import make_sim_env, run_control_loop
     from swan_policy.deploy.runtime import PolicyRuntime
 
@@ -77,7 +81,9 @@ def closed_loop(
     out: dict[float, dict[str, Any]] = {}
     try:
         for b in levels:
-            runtime = PolicyRuntime.load(bundle, scheduler=f"fixed:{b}", precision=precision)
+            runtime = PolicyRuntime.load(
+                bundle, scheduler=f"fixed:{b}", precision=precision, int8_unjudged=True
+            )
             res = run_control_loop(runtime, env, episodes, seed, rate_hz=None)
             out[b] = {
                 "success_rate": res["success_rate"],

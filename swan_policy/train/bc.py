@@ -17,13 +17,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from swan_policy.config import ExperimentConfig
+from swan_policy.config import EnvConfig, ExperimentConfig
 from swan_policy.data.augment import random_colour_mix, random_shift
 from swan_policy.policy import SwanPolicy
 from swan_policy.serialization import load_tensors
 from swan_policy.spec import PIXELS, PROPRIO
 from swan_policy.train.losses import CompiledForward, bc_sandwich_loss, sandwich_budgets
-from swan_policy.train.runtime import TrainingError
+from swan_policy.train.runtime import TrainingError, any_rank
 
 
 # ----------------------------------------------------------------------------- data
@@ -64,11 +64,31 @@ def load_labelled(path: Path) -> BCData:
     return BCData(saved["pixels"], saved["proprio"], saved["actions"])
 
 
-def load_bc_data(path: Path) -> BCData:
-    """The expert demos of an HDF5 file (``swan_policy.data.demos``) as samples."""
-    from swan_policy.data.demos import load_demos
+def load_bc_data(path: Path, env: EnvConfig | None = None) -> BCData:
+    """The expert demos of an HDF5 file (``swan_policy.data.demos``) as samples.
+
+    Raises:
+        DemoFileError: with ``env``: the file records (``env_args``) another env id or
+            other env kwargs than ``env`` (a config changed, ``demos.path`` kept).
+    """
+    from swan_policy.data.demos import DemoFileError, load_demos
 
     demos = load_demos(path)
+    recorded = demos.env_args
+    if env is not None and env.id and isinstance(recorded.get("env_name"), str):
+        from swan_policy.envs import effective_kwargs
+
+        theirs = (
+            recorded["env_name"],
+            effective_kwargs(recorded["env_name"], dict(recorded.get("env_kwargs") or {})),
+        )
+        ours = (env.id, effective_kwargs(env.id, dict(env.kwargs)))
+        if theirs != ours:
+            raise DemoFileError(
+                f"{path}: collected on {theirs[0]} with kwargs {theirs[1]}, but this run's env "
+                f"is {ours[0]} with kwargs {ours[1]}; point demos.path at a new file (it is "
+                "collected) or remove this one"
+            )
     return BCData(
         torch.from_numpy(np.ascontiguousarray(demos.obs[PIXELS])),
         torch.from_numpy(demos.obs[PROPRIO].astype(np.float32)),
@@ -167,11 +187,14 @@ def bc_update(
         else [1.0]
     )
     loss, info = loss_module(obs, actions, budgets)
-    if not torch.isfinite(loss):
+    if any_rank(not bool(torch.isfinite(loss))):  # every rank stops, not one alone
         raise TrainingError(f"loss is {float(loss.detach())}")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    info["grad_norm"] = float(nn.utils.clip_grad_norm_(loss_module.parameters(), bc.grad_clip))
+    grad_norm = float(nn.utils.clip_grad_norm_(loss_module.parameters(), bc.grad_clip))
+    if not math.isfinite(grad_norm):  # clipping would scale every weight to NaN
+        raise TrainingError(f"gradient norm is {grad_norm} (loss {info['loss']:.4g})")
+    info["grad_norm"] = grad_norm
     optimizer.step()
     scheduler.step()
     info["lr"] = scheduler.get_last_lr()[0]

@@ -12,7 +12,9 @@ A checkpoint is written into a hidden temp directory and renamed into place (ato
 one filesystem); only then is ``last`` replaced (atomically). A crash or SIGKILL at any
 moment leaves the previous checkpoint intact and ``last`` pointing at a complete one;
 leftover temp directories (and a temp file of ``last``) are removed by the next save or
-load (tests/reliability/test_crash_safety.py kills a real ``swan train`` mid-write).
+load (tests/reliability/test_crash_safety.py kills a real ``swan train`` mid-write). A
+re-save of a step that exists (the end of a run right after a periodic save) replaces
+that checkpoint's files one by one, each atomically, so it is complete at every moment.
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ import random
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from swan_policy.policy import SwanPolicy
@@ -115,11 +118,16 @@ def save_checkpoint(
     state: TrainerState,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     extra: Callable[[Path], None] | None = None,
+    rank_rng: Sequence[tuple[dict[str, Tensor], dict[str, Any]]] = (),
 ) -> Path:
     """Write ``checkpoints/step_<n>`` atomically, then move ``last`` to it.
 
     ``extra(tmp_dir)`` writes further files into the checkpoint before it is moved into
     place (RL runs: the SB3 model's tensors, VecNormalize statistics).
+
+    ``rank_rng``: in a distributed run, every rank's :func:`capture_rng` (from
+    :func:`gather_rng`; entry 0 is this process's), so that each rank resumes its own
+    random streams (its batches, shifts and budgets) rather than rank 0's.
     """
     ckpt_root = run_dir / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
@@ -132,6 +140,10 @@ def save_checkpoint(
         if extra is not None:
             extra(tmp)
         rng_tensors, rng_meta = capture_rng()
+        for r, (r_tensors, r_meta) in enumerate(rank_rng):
+            if r > 0:  # rank 0's streams are this process's, saved as usual
+                rng_tensors |= {f"rng.rank{r}.{k[4:]}": v for k, v in r_tensors.items()}
+                rng_meta = {**rng_meta, f"rank{r}": r_meta}
         opt_tensors: dict[str, Tensor] = {}
         opt_meta: dict[str, Any] | None = None
         if optimizer is not None:
@@ -149,9 +161,10 @@ def save_checkpoint(
                 "rng": rng_meta,
             },
         )
-        if final.exists():  # re-saving the same step (e.g. Ctrl-C right after a save)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        if final.is_dir():  # re-saving the same step (the end of a run, Ctrl-C, a resume)
+            _replace_files(tmp, final)
+        else:
+            os.replace(tmp, final)
         _fsync_dir(ckpt_root)
     finally:
         if tmp.exists():
@@ -192,8 +205,37 @@ class Checkpoint:
     rng_tensors: dict[str, Tensor]
     rng_meta: dict[str, Any]
 
-    def restore_rng(self) -> None:
-        restore_rng(self.rng_tensors, self.rng_meta)
+    def restore_rng(self, rank: int = 0) -> bool:
+        """Restore the random streams saved for ``rank`` (0: the saving process's).
+
+        Returns False, changing nothing, when the checkpoint holds none for that rank
+        (saved by a single process, or by fewer ranks than resume it).
+        """
+        if rank == 0:
+            restore_rng(self.rng_tensors, self.rng_meta)
+            return True
+        prefix = f"rng.rank{rank}."
+        tensors = {
+            f"rng.{k[len(prefix) :]}": v
+            for k, v in self.rng_tensors.items()
+            if k.startswith(prefix)
+        }
+        meta = self.rng_meta.get(f"rank{rank}")
+        if not tensors or meta is None:
+            return False
+        restore_rng(tensors, meta)
+        return True
+
+
+def gather_rng() -> list[tuple[dict[str, Tensor], dict[str, Any]]]:
+    """Every rank's :func:`capture_rng`, in rank order, on every rank (a collective:
+    all ranks must call it). Outside a distributed job: this process's alone."""
+    mine = capture_rng()
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [mine]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, mine)
+    return out
 
 
 def load_checkpoint(ckpt: Path) -> Checkpoint:
@@ -218,6 +260,23 @@ def load_checkpoint(ckpt: Path) -> Checkpoint:
         return Checkpoint(policy, state, opt_state, meta["scheduler"], rng, dict(meta["rng"]))
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{ckpt}: trainer state does not fit ({e!r})") from None
+
+
+def _replace_files(src: Path, dst: Path) -> None:
+    """Move ``src``'s files over ``dst``'s one at a time, ``trainer_state.json`` last.
+
+    A re-save of step ``n`` cannot swap the directory that ``last`` may point to: between
+    removing the old ``step_<n>`` and renaming the new one into place, ``last`` would name
+    nothing. Each file is replaced atomically instead, so ``step_<n>`` stays complete at
+    every moment; a kill half-way leaves some files of each save, both of the same step
+    (no update runs between them: the same weights, optimiser and data).
+    """
+    files = sorted(src.iterdir(), key=lambda f: f.name == "trainer_state.json")
+    for f in files:
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(f, dst / f.name)
+    _fsync_dir(dst)
 
 
 def _remove_temp_dirs(ckpt_root: Path) -> None:

@@ -35,7 +35,7 @@ from swan_policy.config import ExperimentConfig, dump_config, resume_changes
 from swan_policy.envs import make_env, resolve_policy_config
 from swan_policy.evaluate import evaluate_policy
 from swan_policy.policy import SwanPolicy
-from swan_policy.serialization import save_tensors
+from swan_policy.serialization import atomic_write, save_tensors
 from swan_policy.train.bc import (
     BCData,
     SandwichLoss,
@@ -48,6 +48,7 @@ from swan_policy.train.bc import (
 from swan_policy.train.checkpoint import (
     Checkpoint,
     TrainerState,
+    gather_rng,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
@@ -63,6 +64,7 @@ from swan_policy.train.runtime import (
     RunContext,
     TrainingError,
     TrainingInterrupted,
+    any_rank,
     eval_record,
     graceful_interrupt,
     init_process,
@@ -130,7 +132,11 @@ class _ImitationRun:
             _ensure_demos(cfg, demo_path, self.show, self.console)
         if ctx.world > 1:
             dist.barrier()
-        data = load_labelled(demo_path) if self.labeller is not None else load_bc_data(demo_path)
+        data = (
+            load_labelled(demo_path)
+            if self.labeller is not None
+            else load_bc_data(demo_path, cfg.env)
+        )
         self.demo_proprio = data.proprio  # normalisation statistics: the demos alone
         for path in extra_data:  # before any DAgger round: the same order when resumed
             data.append(load_labelled(path))
@@ -175,9 +181,9 @@ class _ImitationRun:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         for line in changes:  # a resume with other settings (e.g. more DAgger rounds)
             self.console.print(f"resumed with a changed setting: {line}")
-        (self.run_dir / "config.yaml").write_text(
-            dump_config(self.cfg.model_copy(update={"policy": policy.config}))
-        )
+        text = dump_config(self.cfg.model_copy(update={"policy": policy.config}))
+        # atomic: on a resume the other ranks may be reading it (resume_changes)
+        atomic_write(self.run_dir / "config.yaml", lambda p: p.write_text(text))
         start = start_record(
             state.step, resumed, self.cfg.seed, self.ctx.world, self.device, self.cfg.bc.compile
         )
@@ -211,17 +217,26 @@ class _ImitationRun:
                 self.optimizer.load_state_dict(loaded.optimizer_state)
             if loaded.scheduler_state is not None:
                 self.scheduler.load_state_dict(loaded.scheduler_state)
-            loaded.restore_rng()
+            if not loaded.restore_rng(self.ctx.rank):
+                # saved by fewer ranks: a stream of this rank's own, not rank 0's copy
+                _seed_process(cfg.seed + self.ctx.rank + 1_000_003 * state.step)
+                self.console.print(
+                    f"rank {self.ctx.rank}: the checkpoint has no random state for this "
+                    "rank (saved by fewer processes); reseeded"
+                )
         if self.ctx.main and cfg.log.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.run_dir / "tb"))
 
     def checkpoint(self) -> Path | None:
+        """Rank 0 writes the checkpoint; every rank must call this (its random streams
+        are gathered into it)."""
+        rank_rng = gather_rng() if self.ctx.world > 1 else []
         if not self.ctx.main:
             return None
         return save_checkpoint(
-            self.run_dir, self.policy, self.optimizer, self.state, self.scheduler
+            self.run_dir, self.policy, self.optimizer, self.state, self.scheduler, rank_rng=rank_rng
         )
 
     def evaluate(self) -> None:
@@ -321,7 +336,7 @@ class _ImitationRun:
                     self.evaluate()
                 if state.step % cfg.log.checkpoint_every == 0:
                     last_ckpt = self.checkpoint() or last_ckpt
-                if flag["stop"]:
+                if any_rank(flag["stop"]):  # all ranks stop at the same step
                     last_ckpt = self.checkpoint() or last_ckpt
                     self.console.print(f"interrupted: checkpoint {last_ckpt}; resume with --resume")
                     raise TrainingInterrupted()

@@ -101,7 +101,8 @@ def bc_sandwich_loss(
 
     Returns:
         ``(loss, info)``; info has ``bc_loss`` (b = 1), ``sparsity``, ``active_fraction``
-        (b = 1) and ``bc_loss@min`` (smallest budget).
+        (b = 1), and for the smallest budget ``bc_loss@min`` (against the labels, like
+        ``bc_loss``) and ``distill@min`` (against the b = 1 output).
     """
     forward = forward if forward is not None else policy.forward_normalized
     target = policy.normalize_actions(actions.to(torch.float32))
@@ -121,13 +122,14 @@ def bc_sandwich_loss(
     }
     teacher = full.detach()
     low_losses = []
-    for b in budgets[1:]:
+    for i, b in enumerate(budgets[1:]):
         pred = forward(obs, b, mode="masked")
-        low = (1.0 - distill_weight) * F.mse_loss(pred, target)
-        low = low + distill_weight * F.mse_loss(pred, teacher)
-        low_losses.append(low)
+        bc_low, distill = F.mse_loss(pred, target), F.mse_loss(pred, teacher)
+        low_losses.append((1.0 - distill_weight) * bc_low + distill_weight * distill)
+        if i == 0:  # the smallest budget: its BC loss and its distillation, apart
+            info["bc_loss@min"] = float(bc_low.detach())
+            info["distill@min"] = float(distill.detach())
     if low_losses:
         loss = loss + low_weight * torch.stack(low_losses).sum()
-        info["bc_loss@min"] = float(low_losses[0].detach())
     info["loss"] = float(loss.detach())
     return loss, info

@@ -69,6 +69,21 @@ def init_process(run_dir: Path) -> tuple[RunContext, torch.device]:
     return ctx, device
 
 
+def any_rank(flag: bool) -> bool:
+    """True on every rank if ``flag`` is true on any rank of the process group (the flag
+    itself outside a distributed job).
+
+    A decision that stops or skips a step (Ctrl-C, a non-finite loss) must be taken by
+    all ranks at once: a rank that stops alone leaves the others blocked in DDP's
+    gradient all-reduce, and a second Ctrl-C delivered to one worker at a time lands on
+    different steps."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
 @contextmanager
 def graceful_interrupt() -> Iterator[dict[str, bool]]:
     """First Ctrl-C sets a flag (the loop checkpoints and stops); a second exits at once."""

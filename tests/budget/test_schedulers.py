@@ -160,7 +160,13 @@ def test_deadline_picks_largest_fitting_level_and_falls_back_on_spikes() -> None
     for _ in range(5):
         s.observe_latency(0.25, 2.0)
     got = [s.budget(StepInfo(step=4 + i)) for i in range(6)]
-    assert got == [0.25, 0.5, 0.5, 0.75, 0.75, 0.75]
+    # 1.0, excluded for its 8 ms p99 for window=5 steps by now, is re-probed: its window
+    # is forgotten and it is stepped up to like an unmeasured level (a deliberate change:
+    # it used to stay excluded for good, since an excluded level gets no new samples)
+    assert got == [0.25, 0.5, 0.5, 0.75, 0.75, 1.0]
+    # still 8 ms: back down at once, and the next retry waits twice as long
+    assert s.budget(StepInfo(step=10, latency_ms=8.0)) == 0.75
+    assert s.retry_after(1.0) == 10
 
 
 def test_deadline_hysteresis_blocks_steps_up_without_room() -> None:
@@ -188,6 +194,59 @@ def test_deadline_attributes_reported_latency_to_the_previous_level() -> None:
     assert s.budget(StepInfo()) == 1.0  # nothing measured yet: optimistic
     assert s.budget(StepInfo(latency_ms=9.0)) == 0.75  # 1.0 took 9 ms
     assert s.p99(1.0) == 9.0 and s.p99(0.75) is None
+
+
+def _deadline_run(s: Deadline, steps: int, latency) -> list[float]:
+    """Play ``steps`` steps, reporting ``latency(t, level)`` for each step's level."""
+    s.reset()
+    got: list[float] = []
+    ms = None
+    for t in range(steps):
+        b = s.budget(StepInfo(step=t, latency_ms=ms))
+        got.append(b)
+        ms = latency(t, b)
+    return got
+
+
+def test_deadline_one_spike_does_not_ban_a_level_for_good() -> None:
+    """A single slow step at the top level (a first onnxruntime call, a hiccup) used to
+    exclude it for the rest of the run: it never ran again, so its window never
+    changed. Now it is re-probed after ``window`` steps and comes back."""
+    machine = {1.0: 3.0, 0.75: 2.0, 0.5: 1.5, 0.25: 1.0}  # all fit the 5 ms deadline
+    s = Deadline(deadline_ms=5.0, window=10, up_after=3)
+    got = _deadline_run(s, 2000, lambda t, b: 50.0 if t == 20 else machine[b])
+    assert got[20] == 1.0 and got[21] < 1.0  # the spike steps down at once
+    assert got[21:60].count(1.0) > 0  # back within a few windows
+    assert got[100:].count(1.0) == len(got) - 100  # and stays: one spike, one step down
+    assert s.retry_after(1.0) == 10  # the retry fitted: back-off at its base
+
+
+def test_deadline_retries_a_truly_slow_level_with_growing_gaps() -> None:
+    """A level that is always too slow costs one slow step per back-off period, and the
+    back-off doubles after each failed retry, up to 64 windows."""
+    machine = {1.0: 50.0, 0.75: 2.0, 0.5: 1.5, 0.25: 1.0}
+    s = Deadline(deadline_ms=5.0, window=10, up_after=3)
+    got = np.array(_deadline_run(s, 20_000, lambda t, b: machine[b]))
+    runs = np.flatnonzero(got == 1.0)
+    assert runs[0] == 0  # unmeasured at first: optimistic
+    # retried (one step each) after 10, 20, 40, ... steps, capped at 640 (64 windows),
+    # each plus the up_after=3 steps of hysteresis: 37 slow steps in 20,000
+    gaps = np.diff(runs).tolist()
+    assert gaps[:7] == [10 * 2**k + 3 for k in range(7)]
+    assert set(gaps[6:]) == {64 * 10 + 3}
+    assert s.retry_after(1.0) == 64 * 10
+    assert set(np.unique(got)) == {1.0, 0.75}  # the rest of the time: the next level
+
+
+def test_make_scheduler_checks_the_given_ladder() -> None:
+    """A spec naming no levels is checked against the ladder it will run on (a bundle's),
+    not the default one: target 0.2 is fine on a ladder down to 0.125."""
+    s = make_scheduler("adaptive:0.2", levels=[1.0, 0.5, 0.125])
+    assert s.levels == (1.0, 0.5, 0.125) and s.spec()["target"] == 0.2
+    with pytest.raises(ValueError, match="cheapest level 0.5, got 0.2"):
+        make_scheduler("adaptive:0.2", levels=[1.0, 0.5])
+    # a spec's own levels win
+    assert make_scheduler({"kind": "fixed", "levels": [1, 0.3]}, levels=[1.0]).levels == (1, 0.3)
 
 
 def test_schedule_table() -> None:

@@ -13,7 +13,7 @@ import torch
 
 from swan_policy import __version__
 from swan_policy.budget.ladder import calibrate_ladder, fold_all_gates, graph_macs, level_policy
-from swan_policy.deploy import PolicyRuntime
+from swan_policy.deploy import BundleError, PolicyRuntime
 from swan_policy.export import onnx as onnx_export
 from swan_policy.export.onnx import (
     BundleReport,
@@ -233,6 +233,10 @@ def test_int8_candidates_and_verdicts(state_bundle) -> None:
     obs = {k: v.numpy() for k, v in random_obs(policy.config, 1, seed=3).items()}
     one = {k: v[0] for k, v in obs.items()}
     fp32 = PolicyRuntime.load(report.path, scheduler="fixed:0.25")
+    # candidates never judged in closed loop are not run as if kept
+    with pytest.raises(BundleError, match="were never judged in closed loop"):
+        PolicyRuntime.load(report.path, scheduler="fixed:0.25", precision="int8")
+    set_int8_verdicts(report.path, {b: {"kept": True} for b in (1.0, 0.25)})
     int8 = PolicyRuntime.load(report.path, scheduler="fixed:0.25", precision="int8")
     assert int8.act(one).shape == fp32.act(one).shape
     set_int8_verdicts(report.path, {0.25: {"kept": False, "success_rate": 0.0}})
@@ -267,3 +271,43 @@ def test_fused_dense_graph_equals_the_policy(cfg, low, high) -> None:
         fused = DenseLevelGraph(policy)(*[obs[k] for k in names])
         reference = PolicyGraph(policy)(*[obs[k] for k in names])
     torch.testing.assert_close(fused, reference, atol=1e-5, rtol=0)
+
+
+def test_margin_signal_runs_on_a_kept_bundle(state_bundle) -> None:
+    """Graphs exported with gates kept output gate_margin: the margin signal is fed."""
+    policy, _, report = state_bundle
+    spec = {"kind": "adaptive", "target": 0.5, "signal": "margin"}
+    runtime = PolicyRuntime.load(report.path, scheduler=spec)
+    obs = {k: v.numpy()[0] for k, v in random_obs(policy.config, 1, seed=4).items()}
+    runtime.act(obs)
+    assert runtime._margin is not None and runtime._margin >= 0.0
+
+
+def test_levels_that_round_alike_get_their_own_graphs(tmp_path) -> None:
+    """0.125 and 0.12 both used to be written to level_0.12.onnx, one overwriting the
+    other; each level now has its own file and runs its own graph."""
+    policy, extra, report = _export(tmp_path, state_config(), (1.0, 0.125, 0.12))
+    assert [lvl.file for lvl in report.levels] == [
+        "level_1.00.onnx",
+        "level_0.125.onnx",
+        "level_0.12.onnx",
+    ]
+    runtime = PolicyRuntime.load(report.path)
+    assert runtime.levels == (1.0, 0.125, 0.12)
+    obs = random_obs(policy.config, 16, seed=8)
+    for b in (0.125, 0.12):
+        with torch.no_grad():
+            expected = level_policy(policy, extra["ladder"], b, gates="folded")(obs, 1.0).numpy()
+        got = runtime.predict({k: v.numpy() for k, v in obs.items()}, b)
+        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+def test_levels_whose_file_names_collide_are_refused(tmp_path) -> None:
+    policy = _trained_like(state_config(), seed=0)
+    real = {k: v.numpy() for k, v in random_obs(policy.config, 48, seed=5).items()}
+    ladder = calibrate_ladder(policy, real, (1.0, 0.12, 0.1200000001))
+    out = tmp_path / "bundle"
+    message = r"levels 0\.1200000001 and 0\.12 would both be written to level_0\.12\.onnx"
+    with pytest.raises(ValueError, match=message):
+        export_bundle(policy, ladder, out, real_obs=real)
+    assert list(tmp_path.iterdir()) == []

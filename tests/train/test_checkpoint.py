@@ -85,3 +85,41 @@ def test_corrupt_trainer_state_is_a_clear_error(tmp_path: Path) -> None:
     (ckpt / "optimizer.safetensors").write_bytes(b"\x00" * 3)
     with pytest.raises(CheckpointError, match=r"optimizer\.safetensors: not a valid safetensors"):
         load_checkpoint(ckpt)
+
+
+@pytest.mark.parametrize("fail_at", [0, 1, 2, 3])
+def test_resave_of_the_same_step_keeps_last_complete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail_at: int
+) -> None:
+    """The end of a run re-saves the step of its last periodic checkpoint: a kill at any
+    file of that re-save leaves ``last`` on a complete, loadable step_<n>."""
+    import swan_policy.train.checkpoint as checkpoint
+
+    policy, opt = _trained(1)
+    save_checkpoint(tmp_path, policy, opt, TrainerState(step=4))
+    save_checkpoint(tmp_path, policy, opt, TrainerState(step=8))
+    final = tmp_path / "checkpoints" / "step_8"
+    real_replace, calls = checkpoint.os.replace, []
+
+    def dying_replace(src: str | Path, dst: str | Path) -> None:
+        if Path(str(dst)) == final or Path(str(dst)).parent == final:  # moves into step_8
+            calls.append(dst)
+            if len(calls) > fail_at:
+                raise KeyboardInterrupt("killed")  # stands in for SIGKILL mid-save
+        real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", dying_replace)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path, policy, opt, TrainerState(step=8, best_metric=0.9))
+    monkeypatch.setattr(checkpoint.os, "replace", real_replace)
+    assert calls  # the kill did land inside the re-save
+    last = latest_checkpoint(tmp_path)
+    assert last == final
+    ck = load_checkpoint(last)
+    assert ck.state.step == 8
+    for a, b in zip(policy.state_dict().values(), ck.policy.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    # a complete re-save then lands, with its new trainer state
+    save_checkpoint(tmp_path, policy, opt, TrainerState(step=8, best_metric=0.9))
+    assert load_checkpoint(tmp_path / "checkpoints" / "step_8").state.best_metric == 0.9
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))

@@ -141,6 +141,58 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(
     assert latest_checkpoint(run) == run / "checkpoints" / "step_3"
 
 
+def test_non_finite_gradient_stops_before_the_weights_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A finite loss with a NaN gradient (an overflow in backward) must not reach
+    ``optimizer.step``: clipping would scale every gradient, and so every weight, to NaN."""
+    from swan_policy.config import ExperimentConfig
+    from tests.conftest import tiny_config
+
+    torch.manual_seed(0)
+    policy = SwanPolicy(tiny_config())
+    cfg = ExperimentConfig(policy=policy.config).model_copy(
+        update={"bc": ExperimentConfig().bc.model_copy(update={"batch_size": 4, "sandwich": False})}
+    )
+    gen = torch.Generator().manual_seed(0)
+    h, w = policy.config.image_hw
+    data = bc.BCData(
+        torch.randint(
+            0, 256, (8, h, w, policy.config.image_channels), generator=gen, dtype=torch.uint8
+        ),
+        torch.randn(8, policy.config.proprio_dim, generator=gen),
+        torch.rand(8, policy.config.action_dim, generator=gen) * 2 - 1,
+    )
+    loss_module = bc.SandwichLoss(policy, 0.0, 0.5)
+    opt = bc.make_optimizer(policy, cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, bc.lr_lambda(cfg, 10))
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    monkeypatch.setattr(bc.nn.utils, "clip_grad_norm_", lambda *a, **k: torch.tensor(float("nan")))
+    with pytest.raises(imitation.TrainingError, match="gradient norm is nan"):
+        bc.bc_update(loss_module, opt, sched, data, cfg)
+    for k, v in policy.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_demos_of_another_env_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A config whose env changed (here the visual variation) with ``demos.path`` kept
+    must not train on the old env's demos; ``{}`` and the defaults name the same env."""
+    run = tmp_path / "run"
+    args = ["train", "--config", CONFIG, *tiny(tmp_path, "method=bc", "bc.steps=2")]
+    assert main([*args, "--run-dir", str(run), "--quiet"]) == 0  # collects the demos
+    capsys.readouterr()
+    other = tmp_path / "other"
+    varied = ["--set", "env.kwargs={width: 32, height: 32, variation: hard}"]
+    assert main([*args, *varied, "--run-dir", str(other), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "demos.hdf5: collected on swan_envs/Reach-v0" in err and "'variation': 'hard'" in err
+    assert not other.exists()  # nothing written
+    same = ["--set", "env.kwargs={width: 32, height: 32, variation: none}"]  # the default
+    assert main([*args, *same, "--run-dir", str(tmp_path / "same"), "--quiet"]) == 0
+
+
 def test_ctrl_c_checkpoints_and_resumes(tmp_path: Path) -> None:
     run = tmp_path / "run"
     swan = Path(sys.executable).parent / "swan"

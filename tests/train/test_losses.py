@@ -48,6 +48,23 @@ def test_low_weight_scales_only_the_lower_budget_passes() -> None:
     assert float((full - top).detach()) > 0
 
 
+def test_logged_low_budget_losses_are_bc_and_distillation_apart() -> None:
+    """``bc_loss@min`` is the smallest budget's MSE to the labels, like ``bc_loss`` at
+    b = 1 (not the distillation-weighted mix), and ``distill@min`` its MSE to b = 1."""
+    torch.manual_seed(0)
+    policy = SwanPolicy(tiny_config()).eval()  # eval: the same gates on every call
+    obs = random_obs(policy.config, 8)
+    acts = torch.rand(8, 2, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    _, info = bc_sandwich_loss(policy, obs, acts, [1.0, 0.25, 0.5], 0.1, 0.5)
+    with torch.no_grad():
+        target = policy.normalize_actions(acts)
+        full = policy.forward_normalized(obs, 1.0, mode="masked")
+        low = policy.forward_normalized(obs, 0.25, mode="masked")
+    assert info["bc_loss@min"] == pytest.approx(float(torch.mean((low - target) ** 2)), rel=1e-5)
+    assert info["distill@min"] == pytest.approx(float(torch.mean((low - full) ** 2)), rel=1e-5)
+    assert info["bc_loss"] == pytest.approx(float(torch.mean((full - target) ** 2)), rel=1e-5)
+
+
 def _loss_and_grads(policy: SwanPolicy, forward: Any = None) -> tuple[dict[str, Any], list[Tensor]]:
     policy.zero_grad()
     obs = random_obs(policy.config, 8, seed=1)
