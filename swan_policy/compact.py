@@ -60,6 +60,16 @@ def compact_policy(policy: SwanPolicy, keep: Mapping[str, Tensor]) -> SwanPolicy
         raise KeyError(f"unknown layers in keep: {unknown}; known: {list(layers)}")
     full = {n: torch.arange(m.num_units) for n, m in layers.items()}
     kept = {n: torch.as_tensor(keep.get(n, full[n])).sort().values for n in layers}
+    for n, k in kept.items():  # a duplicated index would feed one unit twice downstream
+        size = layers[n].num_units
+        if k.numel() == 0:
+            raise ValueError(f"keep[{n!r}]: keeps no unit (at least one per layer)")
+        if k.dim() != 1 or k.is_floating_point() or k.dtype == torch.bool:
+            raise ValueError(f"keep[{n!r}]: expected a 1-D list of unit indices")
+        if int(k[0]) < 0 or int(k[-1]) >= size:
+            raise ValueError(f"keep[{n!r}]: indices must be in [0, {size}), got {k.tolist()}")
+        if bool((k[1:] == k[:-1]).any()):
+            raise ValueError(f"keep[{n!r}]: duplicate unit indices {k.tolist()}")
     cfg = policy.config
     old_ref = cfg.ref_units or {}
     ref = {  # a folded (ungated) layer keeps the count it had when it was gated
@@ -234,7 +244,9 @@ def check_parity(
 
     n = len(next(iter(obs.values())))
     was = (original.training, compact.training)
+    tracking = (_tracking(original), _tracking(compact))
     original.eval().reset_gate_stats()
+    _track(original, True)  # the unit counts below need the statistics on
     compact.eval()
     _track(compact, False)
     diff = 0.0
@@ -252,7 +264,8 @@ def check_parity(
             unseen[name] = int(((freq > 0) & ~kept).sum())
             folded_off[name] = int(((freq < 1) & kept).sum()) if name in fold else 0
     finally:
-        _track(compact, True)
+        _restore_tracking(original, tracking[0])
+        _restore_tracking(compact, tracking[1])
         original.reset_gate_stats()
         original.train(was[0])
         compact.train(was[1])
@@ -338,7 +351,12 @@ def compact_with_report(
        :func:`check_parity` on every visited state; then the compact policy plays the
        same held-out episodes (its success and executed MACs).
 
-    Budget 1 covers every budget: a lower budget only switches units off.
+    Parity is checked at budget 1, the budget compaction serves. Removing never-active
+    units is exact at every budget (a lower budget only switches units off), but a
+    folded layer has no gate left: at b < 1 it keeps every unit where the original
+    capped it, so the compact policy differs from the original below budget 1. Lower
+    budgets are served by the budget ladder, built from the uncompacted policy
+    (``swan export``); the CLI says which layers were folded.
     """
     from swan_policy.envs import check_spaces, make_env
     from swan_policy.evaluate import make_vec_env, run_episodes
@@ -428,3 +446,13 @@ def _track(policy: SwanPolicy, on: bool) -> None:
     policy.track_stats = on
     for gate in policy.gates().values():
         gate.track_stats = on
+
+
+def _tracking(policy: SwanPolicy) -> tuple[bool, dict[str, bool]]:
+    return policy.track_stats, {k: g.track_stats for k, g in policy.gates().items()}
+
+
+def _restore_tracking(policy: SwanPolicy, saved: tuple[bool, dict[str, bool]]) -> None:
+    policy.track_stats = saved[0]
+    for k, g in policy.gates().items():
+        g.track_stats = saved[1][k]

@@ -27,7 +27,9 @@ class ConfigError(ValueError):
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # no inf / nan in any float field: `gate.tau: .inf` would silence every gate's
+    # gradient, `gate.init_bias: .nan` switch every gate off for good
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class GateConfig(StrictModel):
@@ -127,6 +129,33 @@ class PolicyConfig(StrictModel):
             raise ValueError(f"image_hw must be at least 8x8, got {self.image_hw}")
         if not self.pixels and (self.image_hw is not None or self.image_channels is not None):
             raise ValueError("image_hw and image_channels must be unset when pixels is false")
+        if self.pixels and self.image_hw is not None:
+            h, w = self.image_hw  # the conv stack: no padding (encoders.py)
+            k = self.encoder.kernel_size
+            for i, stride in enumerate(self.encoder.strides):
+                if min(h, w) < k:
+                    raise ValueError(
+                        f"image_hw {self.image_hw} is too small for encoder.strides "
+                        f"{self.encoder.strides} with kernel_size {k}: conv {i} gets {h}x{w}"
+                    )
+                h, w = (h - k) // stride + 1, (w - k) // stride + 1
+        if self.ref_units is not None:
+            units = {f"head.layers.{i}": n for i, n in enumerate(self.head.hidden)}
+            if self.pixels:
+                units |= {f"encoder.layers.{i}": n for i, n in enumerate(self.encoder.channels)}
+            gated = {k: n for k, n in units.items() if k not in self.ungated}
+            unknown = sorted(set(self.ref_units) - set(units))
+            missing = sorted(set(gated) - set(self.ref_units))
+            if unknown or missing:
+                raise ValueError(
+                    f"ref_units must name every gated layer ({', '.join(sorted(gated))}); "
+                    f"unknown {unknown}, missing {missing}"
+                )
+            for name, ref in self.ref_units.items():
+                if ref < units[name]:  # b = 1 would cap the layer below its own units
+                    raise ValueError(
+                        f"ref_units.{name}: must be >= the layer's {units[name]} units, got {ref}"
+                    )
         return self
 
 

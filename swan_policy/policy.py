@@ -436,7 +436,10 @@ class SwanPolicy(nn.Module):
             raise CheckpointError(f"{directory / CONFIG_NAME}: {e}") from None
         state = load_tensors(directory / WEIGHTS_NAME)
         with torch.random.fork_rng(devices=[]):  # the init's draws are overwritten below:
-            policy = cls(config)  # keep them out of the caller's RNG stream
+            try:  # keep them out of the caller's RNG stream
+                policy = cls(config)
+            except (KeyError, ValueError) as e:  # a config that validates but cannot build
+                raise CheckpointError(f"{directory / CONFIG_NAME}: {e}") from None
         check_state_dict(policy.state_dict(), state, directory / WEIGHTS_NAME)
         policy.load_state_dict(state, strict=True)
         return policy.to(device)

@@ -54,7 +54,9 @@ class ObsSpec:
             batched: whether arrays carry a leading batch axis.
 
         Returns:
-            New arrays (float entries as float32); the caller's arrays are not mutated.
+            Arrays ready for ``torch.from_numpy``: float entries as new float32 arrays,
+            uint8 entries as given when C-contiguous and writeable, else a contiguous
+            copy; the caller's arrays are never mutated.
 
         Raises:
             ObservationError: naming the key and expected vs actual.
@@ -100,7 +102,11 @@ class ObsSpec:
                     raise ObservationError(
                         f"observation[{key!r}]: expected dtype uint8, got {value.dtype}"
                     )
-                out[key] = value
+                # as is when C-contiguous and writeable (no copy per step); a flipped
+                # or cropped view (negative or gapped strides) or a read-only buffer is
+                # copied, since torch.from_numpy takes neither
+                ok = value.flags.c_contiguous and value.flags.writeable
+                out[key] = value if ok else np.array(value, order="C")
             else:
                 if not np.issubdtype(value.dtype, np.floating):
                     raise ObservationError(

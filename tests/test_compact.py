@@ -168,6 +168,46 @@ def test_units_unseen_in_calibration_are_reported() -> None:
     assert parity.unseen_units["head.layers.0"] == 1 and not parity.exact
 
 
+def test_parity_counts_units_even_when_the_original_tracks_no_statistics() -> None:
+    """A quiet original (statistics off, as the ladder leaves it) must not make every
+    unit look unused, and hence the comparison look exact; both policies keep their own
+    settings afterwards."""
+    cfg = tiny_config(gate={"init_bias": 0.0})
+    torch.manual_seed(3)
+    policy = SwanPolicy(cfg).eval()
+    obs = _np(random_obs(cfg, 128, seed=4))
+    calibrate(policy, obs)
+    keep_t, _ = plan_compaction(policy, 0.3)
+    small = compact_policy(policy, keep_t).eval()
+    loud = check_parity(policy, small, keep_t, [], obs)
+    policy.track_stats = False
+    for gate in policy.gates().values():
+        gate.track_stats = False
+    quiet = check_parity(policy, small, keep_t, [], obs)
+    assert quiet.unseen_units == loud.unseen_units and sum(quiet.unseen_units.values()) > 0
+    assert not policy.track_stats and not any(g.track_stats for g in policy.gates().values())
+    assert small.track_stats and all(g.track_stats for g in small.gates().values())
+
+
+@pytest.mark.parametrize(
+    ("indices", "message"),
+    [
+        ([0, 0, 1], r"duplicate unit indices"),
+        ([0, 99], r"indices must be in \[0, 16\)"),
+        ([-1, 2], r"indices must be in \[0, 16\)"),
+        ([], r"keeps no unit"),
+        ([0.0, 1.0], r"expected a 1-D list of unit indices"),
+    ],
+)
+def test_compact_policy_refuses_bad_unit_indices(indices: list[Any], message: str) -> None:
+    """A duplicated index would feed one unit twice to the next layer: a wrong model,
+    built silently."""
+    policy = SwanPolicy(tiny_config()).eval()
+    assert policy.gated_layers()["head.layers.0"].num_units == 16
+    with pytest.raises(ValueError, match=message):
+        compact_policy(policy, {"head.layers.0": torch.tensor(indices)})
+
+
 def test_plan_needs_statistics() -> None:
     policy = SwanPolicy(tiny_config()).eval()
     with pytest.raises(ValueError, match="no gate statistics"):

@@ -59,6 +59,29 @@ BASE = "policy: {proprio_dim: 3, action_dim: 2}\n"
         ("policy: {action_dim: 0}\n", [], r"^policy\.action_dim: Input should be greater than"),
         ("- a\n- b\n", [], r"expected a mapping"),
         ("policy: [\n", [], r"invalid YAML"),
+        # inf / nan would pass the range checks (tau = inf silences every gate)
+        (BASE, ["policy.gate.tau=.inf"], r"^policy\.gate\.tau: Input should be a finite"),
+        (BASE, ["policy.gate.init_bias=.nan"], r"^policy\.gate\.init_bias: .*finite"),
+        (BASE, ["bc.lr=.inf"], r"^bc\.lr: Input should be a finite number"),
+        # the conv stack (no padding) must fit the image; a field-naming error, not a
+        # build error later
+        (
+            "policy: {image_hw: [12, 12], image_channels: 3, proprio_dim: 3, action_dim: 2}\n",
+            [],
+            r"^policy: .*image_hw \(12, 12\) is too small for encoder\.strides \[2, 1, 1, 1\]",
+        ),
+        # ref_units: every gated layer, none below its own units (b = 1 is the free gate)
+        (
+            "policy: {pixels: false, proprio_dim: 3, action_dim: 2, head: {hidden: [4]}}\n",
+            ["policy.ref_units={head.layers.0: 3}"],
+            r"ref_units\.head\.layers\.0: must be >= the layer's 4 units, got 3",
+        ),
+        (
+            "policy: {pixels: false, proprio_dim: 3, action_dim: 2, head: {hidden: [4]}}\n",
+            ["policy.ref_units={head.layers.1: 8}"],
+            r"ref_units must name every gated layer .*unknown \['head\.layers\.1'\], "
+            r"missing \['head\.layers\.0'\]",
+        ),
     ],
 )
 def test_bad_configs_name_the_field(

@@ -44,6 +44,24 @@ def test_three_modes_agree(batch: int, budget: float, norm: str) -> None:
     torch.testing.assert_close(compact_sparse, masked, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("budget", [0.5, 0.25])
+def test_modes_agree_when_every_first_layer_logit_ties(budget: float) -> None:
+    """Under input_norm=image the first conv's gate reads zero channel means, so its
+    logits are its biases: at init all equal. Masked (torch) and batch-1 sparse (numpy)
+    must still keep the same units."""
+    policy = _policy(
+        encoder={"channels": [8, 8], "strides": [2, 1], "input_norm": "image"},
+        gate={"init_bias": 1.0},  # every bias equal and positive: the default
+    )
+    obs = random_obs(policy.config, 10, seed=3)
+    with torch.no_grad():
+        masked = policy(obs, budget, mode="masked")
+        for i in range(10):
+            one = {k: v[i : i + 1] for k, v in obs.items()}
+            sparse = policy(one, budget, mode="sparse")
+            torch.testing.assert_close(sparse, masked[i : i + 1], atol=1e-5, rtol=0)
+
+
 def test_compaction_removes_never_active_units() -> None:
     policy = _policy()
     with torch.no_grad():

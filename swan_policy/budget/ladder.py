@@ -259,8 +259,11 @@ def calibrate_ladder(
     for k in gates:
         s = np.mean([freq[b][k] for b in budgets], axis=0)
         m = logit_sum[k] / n
-        # lexicographic: score (desc), mean logit (desc), index (asc)
-        order = np.lexsort((np.arange(s.size), -m, -s))
+        # lexicographic: ever active at b = 1 first (a level never keeps a unit that is
+        # never on while it drops one that fires), then score (desc), mean logit (desc),
+        # index (asc)
+        used = (free[k] > 0).astype(np.int8)
+        order = np.lexsort((np.arange(s.size), -m, -s, -used))
         ranking[k] = [int(i) for i in order]
         score[k] = [float(x) for x in s]
         mean_logit[k] = [float(x) for x in m]

@@ -118,6 +118,13 @@ def compact(
             + (f"; units active there but never in calibration: {layers}" if layers else "")
             + f"); nothing written -- rerun with more --calib-episodes (now {calib_episodes})"
         )
+    folded = list(compacted.config.ungated)
+    if folded:
+        console.print(
+            f"folded (no gate left, so they ignore budgets < 1): {', '.join(folded)}; the "
+            "compact policy matches the original at budget 1 -- serve lower budgets with "
+            "the budget ladder of the uncompacted run (swan export)"
+        )
     if out.exists() and overwrite:
         import shutil
 

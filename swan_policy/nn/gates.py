@@ -64,7 +64,10 @@ def budget_mask(logits: Tensor, budget: float, num_ref_units: int | None = None)
         return torch.sign(logits).clamp_(min=0.0).nan_to_num_(0.0)
     positive = logits > 0
     # top-k by logit; units with s <= 0 stay off even when fewer than k are positive.
-    top = torch.topk(logits, k, dim=-1, sorted=False).indices
+    # Ties go to the lower index (a stable sort, as active_units and ONNX's TopK):
+    # topk's own order among equal logits is unspecified, and under input_norm=image
+    # the first conv's logits are its biases alone, equal for every unit at init.
+    top = torch.sort(logits, dim=-1, descending=True, stable=True).indices[..., :k]
     keep = torch.zeros_like(positive).scatter_(-1, top, True)
     return (keep & positive).to(logits.dtype)
 
@@ -74,13 +77,13 @@ def active_units(logits: np.ndarray, budget: float, num_ref_units: int | None = 
 
     The sparse mode's fast path at batch 1: numpy handles the gate decision on these
     tiny vectors in ~1 us per op, where torch's per-op overhead is ~10x that.
-    Exact ties between logits may be broken differently from ``torch.topk``.
+    Exact ties between logits go to the lower index, as in :func:`budget_mask`.
     """
     n = logits.shape[-1]
     k = units_for_budget(budget, num_ref_units if num_ref_units is not None else n)
     idx = np.flatnonzero(logits > 0)
     if idx.size > k:
-        top = np.argpartition(-logits[idx], k - 1)[:k]
+        top = np.argsort(-logits[idx], kind="stable")[:k]
         idx = np.sort(idx[top])
     return idx
 

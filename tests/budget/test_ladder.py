@@ -134,3 +134,34 @@ def test_proprio_only_policy_and_mismatched_ladder(ladder_and_policy) -> None:
     ungated = _policy(tiny_config(gate={"enabled": False}))
     with pytest.raises(ValueError, match="no gates"):
         calibrate_ladder(ungated, random_obs(ungated.config, 4))
+
+
+def test_units_active_at_b1_outrank_never_active_ones_whatever_the_rank_budgets() -> None:
+    """Ranked on b = 0.25's frequencies alone, a unit that fires only at b = 1 scores 0,
+    like a never-active one: the level-1 model must still keep it (and drop those)."""
+    from swan_policy.config import GateConfig, PolicyConfig
+
+    torch.manual_seed(0)
+    cfg = PolicyConfig(
+        pixels=False,
+        proprio_dim=1,
+        action_dim=1,
+        gate=GateConfig(linear_rank=1),
+        head={"hidden": [4], "proprio_hidden": 0},
+    )
+    policy = SwanPolicy(cfg).eval()
+    layer = policy.head.hidden[0]
+    assert layer.gate_down is not None and layer.gate_up is not None
+    with torch.no_grad():  # unit 0 always on, unit 1 on for x = 10 only, units 2-3 never
+        layer.gate_down.weight.fill_(1.0)
+        layer.gate_up.weight.copy_(torch.tensor([[0.0], [1.0], [0.0], [0.0]]))
+        layer.gate_up.bias.copy_(torch.tensor([10.0, -5.0, -0.01, -0.01]))
+    x = torch.zeros(20, 1)
+    x[0] = 10.0
+    ladder = calibrate_ladder(policy, {"proprio": x}, (1.0, 0.5), rank_budgets=[0.25])
+    assert ladder.frequency["head.layers.0"] == [1.0, 0.05, 0.0, 0.0]
+    assert ladder.keep(1.0)["head.layers.0"] == [0, 1]
+    level = level_policy(policy, ladder, 1.0, gates="kept")
+    obs = {"proprio": torch.tensor([[10.0]])}
+    with torch.no_grad():
+        torch.testing.assert_close(level(obs, 1.0), policy(obs, 1.0))

@@ -105,6 +105,23 @@ def test_numpy_fast_path_matches_budget_mask(row: list[float], budget: float) ->
     assert active_units(s[0].numpy(), budget).tolist() == expected
 
 
+@given(
+    row=st.lists(st.sampled_from([-1.0, 0.0, 0.5, 1.0, 2.0]), min_size=1, max_size=40),
+    budget=st.floats(0.01, 1.0),
+)
+def test_exact_ties_go_to_the_lower_index_in_torch_and_numpy(
+    row: list[float], budget: float
+) -> None:
+    """Masked (torch) and sparse (numpy) modes pick the same units when logits tie
+    exactly: the lower index wins, as in ONNX's TopK."""
+    s = torch.tensor([row])
+    expected = budget_mask(s, budget)[0].nonzero().squeeze(1).tolist()
+    assert active_units(s[0].numpy(), budget).tolist() == expected
+    k = units_for_budget(budget, len(row))
+    ranked = sorted((i for i, v in enumerate(row) if v > 0), key=lambda i: (-row[i], i))
+    assert expected == sorted(ranked[:k])
+
+
 def test_select_keeps_the_same_statistics_as_forward() -> None:
     s = torch.tensor([[0.5, -0.1, 2.0, 0.3]])
     a, b = SwanGate(4).eval(), SwanGate(4).eval()

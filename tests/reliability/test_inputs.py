@@ -207,6 +207,26 @@ def test_row12_policy_act_rejects_float64_that_overflows_float32() -> None:
         policy.act(dict(obs, proprio=proprio))
 
 
+@pytest.mark.filterwarnings("error::UserWarning")  # torch's non-writable-array warning
+def test_row13_flipped_cropped_and_read_only_images_act_like_their_copies() -> None:
+    """A camera frame flipped with ``img[::-1]`` (negative strides), a crop of a bigger
+    frame, or a read-only buffer is a valid image: the same action as its contiguous copy,
+    not torch's stride error."""
+    policy = _policy()
+    obs = {k: v[0].numpy() for k, v in random_obs(policy.config, 1).items()}
+    h, w, c = obs["pixels"].shape
+    big = np.random.default_rng(0).integers(0, 256, (2 * h, w + 3, c), dtype=np.uint8)
+    views = {
+        "flipped": big[: 2 * h : 2][::-1, :w],
+        "cropped": big[:h, 3:],
+        "read_only": np.require(big[h:, :w], requirements="C").copy(),
+    }
+    views["read_only"].flags.writeable = False
+    for name, img in views.items():
+        expected = policy.act(dict(obs, pixels=np.ascontiguousarray(img)))
+        np.testing.assert_array_equal(policy.act(dict(obs, pixels=img)), expected, err_msg=name)
+
+
 # --------------------------------------------------------------------------- row 13
 def test_row13_batched_torch_forward_names_key_expected_and_actual() -> None:
     """Row 13: the torch entry point (training, evaluation) checks layout, dtype, keys."""
