@@ -66,7 +66,7 @@ from rich.table import Table  # noqa: E402  (see above)
 import swan_envs  # noqa: E402  (see above)
 
 REFERENCE = "Reacher-v5"
-PIXEL_IDS = ("swan_envs/PixelInvertedPendulum-v0", "swan_envs/PixelReacher-v0")
+PIXEL_IDS = ("swan_envs/PixelInvertedPendulum-v1", "swan_envs/PixelReacher-v1")
 
 
 @dataclass

@@ -29,7 +29,7 @@ from rich.table import Table
 import swan_envs
 from swan_envs.experts import make_expert
 
-PIXEL_IDS = ("swan_envs/PixelInvertedPendulum-v0", "swan_envs/PixelReacher-v0")
+PIXEL_IDS = ("swan_envs/PixelInvertedPendulum-v1", "swan_envs/PixelReacher-v1")
 
 
 def bench(

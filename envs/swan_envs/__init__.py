@@ -16,21 +16,29 @@ from gymnasium.envs.registration import register, registry  # noqa: E402  (after
 
 __version__ = "0.1.0"
 
-# (id, entry point, max_episode_steps). Entry points are strings, so importing swan_envs stays
-# cheap: mujoco and the MJCF files load only when an env is made.
-_ENVS: tuple[tuple[str, str, int], ...] = (
-    ("swan_envs/Reach-v0", "swan_envs.reach:ReachEnv", 50),
-    ("swan_envs/Push-v0", "swan_envs.push:PushEnv", 100),
-    ("swan_envs/PickPlace-v0", "swan_envs.pick_place:PickPlaceEnv", 150),
-    ("swan_envs/PixelInvertedPendulum-v0", "swan_envs.pixels:make_pixel_inverted_pendulum", 200),
-    ("swan_envs/PixelReacher-v0", "swan_envs.pixels:make_pixel_reacher", 50),
+# (id, entry point, max_episode_steps, kwargs). Entry points are strings, so importing
+# swan_envs stays cheap: mujoco and the MJCF files load only when an env is made.
+_PENDULUM, _REACHER = (
+    "swan_envs.pixels:make_pixel_inverted_pendulum",
+    "swan_envs.pixels:make_pixel_reacher",
+)
+_ENVS: tuple[tuple[str, str, int, dict[str, object]], ...] = (
+    ("swan_envs/Reach-v0", "swan_envs.reach:ReachEnv", 50, {}),
+    ("swan_envs/Push-v0", "swan_envs.push:PushEnv", 100, {}),
+    ("swan_envs/PickPlace-v0", "swan_envs.pick_place:PickPlaceEnv", 150, {}),
+    # v1 renders (and tests Reacher's success on) the current state; v0, kept for
+    # reproducibility, renders one physics substep behind (pixels.py, Version History)
+    ("swan_envs/PixelInvertedPendulum-v1", _PENDULUM, 200, {}),
+    ("swan_envs/PixelReacher-v1", _REACHER, 50, {}),
+    ("swan_envs/PixelInvertedPendulum-v0", _PENDULUM, 200, {"sync_state": False}),
+    ("swan_envs/PixelReacher-v0", _REACHER, 50, {"sync_state": False}),
 )
 
-for _env_id, _entry_point, _steps in _ENVS:
+for _env_id, _entry_point, _steps, _kwargs in _ENVS:
     if _env_id not in registry:
-        register(id=_env_id, entry_point=_entry_point, max_episode_steps=_steps)
+        register(id=_env_id, entry_point=_entry_point, max_episode_steps=_steps, kwargs=_kwargs)
 
-ENV_IDS: tuple[str, ...] = tuple(env_id for env_id, _, _ in _ENVS)
+ENV_IDS: tuple[str, ...] = tuple(env_id for env_id, *_ in _ENVS)
 TASK_IDS: tuple[str, ...] = ENV_IDS[:3]
 # The tasks' ``variation`` kwarg. "hard" = "appearance" (colours, lighting, a camera shift)
 # + "distractors" (1-2 visual-only look-alikes); each half also exists alone, for ablations.

@@ -100,6 +100,14 @@ class PixelObservationWrapper(gym.Wrapper[ObsDict, np.ndarray, Any, Any]):
         render_mode: ``"rgb_array"`` makes ``render()`` return the camera image at
             ``render_size`` x ``render_size``.
         render_size: side of the ``render()`` image.
+        sync_state: recompute positions from the state (``mj_forward``) after each reset
+            and step, before the frame is rendered and success is tested (``-v1``);
+            ``False`` renders what gymnasium's last physics substep left, one substep
+            behind (``-v0``).
+
+    ## Version History
+    * v1: the frame and Reacher's success see the current state (``sync_state``).
+    * v0: initial release (issue 3); frames one physics substep behind the state.
 
     Raises:
         ValueError: the env is not a MuJoCo env, its observation is not a flat Box, or an
@@ -116,8 +124,10 @@ class PixelObservationWrapper(gym.Wrapper[ObsDict, np.ndarray, Any, Any]):
         normalize_actions: bool = True,
         render_mode: str | None = None,
         render_size: int = 256,
+        sync_state: bool = True,
     ) -> None:
         super().__init__(env)
+        self.sync_state = bool(sync_state)
         base: Any = env.unwrapped
         if not isinstance(getattr(base, "model", None), mujoco.MjModel):
             raise ValueError(f"{type(base).__name__} is not a MuJoCo env (no MjModel at .model)")
@@ -211,10 +221,22 @@ class PixelObservationWrapper(gym.Wrapper[ObsDict, np.ndarray, Any, Any]):
         raw = self._inner_low + (act + 1.0) * 0.5 * (self._inner_high - self._inner_low)
         return raw.astype(self.env.action_space.dtype)
 
+    def _sync(self) -> None:
+        """Recompute positions from ``qpos`` before rendering or reading them.
+
+        gymnasium's ``do_simulation`` ends on ``mj_step``, which leaves ``xpos`` and the
+        other derived quantities one physics substep behind ``qpos`` (they were computed at
+        the substep's start). ``mj_forward`` reads only the state, and ``mj_step`` recomputes
+        everything first, so the dynamics are unchanged.
+        """
+        if self.sync_state:
+            mujoco.mj_forward(self._model, self._data)
+
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[ObsDict, dict[str, Any]]:
         state, info = self.env.reset(seed=seed, options=options)
+        self._sync()
         frame = self._frame(self._renderer)
         for _ in range(self.frame_stack):
             self._frames.append(frame)
@@ -225,6 +247,7 @@ class PixelObservationWrapper(gym.Wrapper[ObsDict, np.ndarray, Any, Any]):
 
     def step(self, action: Any) -> tuple[ObsDict, float, bool, bool, dict[str, Any]]:
         state, reward, terminated, truncated, info = self.env.step(self.to_env_action(action))
+        self._sync()  # the frame and the success test see the state, not the last substep
         self._frames.append(self._frame(self._renderer))
         success = _success(self.env.unwrapped, bool(terminated))
         if success is not None:
@@ -252,10 +275,12 @@ def make_pixel_inverted_pendulum(
     height: int = 64,
     frame_stack: int = 3,
     render_mode: str | None = None,
+    sync_state: bool = True,
     **kwargs: Any,
 ) -> PixelObservationWrapper:
     """``InvertedPendulum-v5`` seen by a side camera (entry point of
-    ``swan_envs/PixelInvertedPendulum-v0``; ``kwargs`` go to ``InvertedPendulumEnv``)."""
+    ``swan_envs/PixelInvertedPendulum-v1`` and ``-v0``; ``kwargs`` go to
+    ``InvertedPendulumEnv``)."""
     from gymnasium.envs.mujoco.inverted_pendulum_v5 import InvertedPendulumEnv
 
     return PixelObservationWrapper(
@@ -264,6 +289,7 @@ def make_pixel_inverted_pendulum(
         height=height,
         frame_stack=frame_stack,
         render_mode=render_mode,
+        sync_state=sync_state,
     )
 
 
@@ -272,9 +298,10 @@ def make_pixel_reacher(
     height: int = 64,
     frame_stack: int = 1,
     render_mode: str | None = None,
+    sync_state: bool = True,
     **kwargs: Any,
 ) -> PixelObservationWrapper:
-    """``Reacher-v5`` seen from above (entry point of ``swan_envs/PixelReacher-v0``;
+    """``Reacher-v5`` seen from above (entry point of ``swan_envs/PixelReacher-v1`` and ``-v0``;
     ``kwargs`` go to ``ReacherEnv``)."""
     from gymnasium.envs.mujoco.reacher_v5 import ReacherEnv
 
@@ -284,4 +311,5 @@ def make_pixel_reacher(
         height=height,
         frame_stack=frame_stack,
         render_mode=render_mode,
+        sync_state=sync_state,
     )

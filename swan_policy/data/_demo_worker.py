@@ -2,8 +2,8 @@
 
 A worker process is a fresh interpreter (``python -c WORKER_CODE``), never a fork of a parent
 that may hold torch, threads or GL contexts, and it imports only this module, numpy,
-gymnasium and what making the env needs (mujoco, the env's package): no torch, no h5py, so it
-starts in about half a second.
+gymnasium and what making the env needs (mujoco, the env's package; ``swan_policy.envs`` for a
+flat-Box env): no torch, no h5py, so it starts in about half a second.
 """
 
 from __future__ import annotations
@@ -86,13 +86,22 @@ def _default_expert_factory(env: gym.Env[Any, Any]) -> Callable[[Any], np.ndarra
 def make_env_and_expert(
     env_id: str, env_kwargs: dict[str, Any], expert_factory: ExpertFactory | None
 ) -> tuple[gym.Env[Any, Any], Callable[[Any], np.ndarray]]:
-    """``gym.make(env_id, **env_kwargs)`` and its expert (default ``swan_envs`` experts)."""
+    """``gym.make(env_id, **env_kwargs)`` and its expert (default ``swan_envs`` experts).
+
+    As in ``swan_policy.envs.make_env``, a flat ``Box`` observation (``InvertedPendulum-v5``)
+    becomes ``{"proprio": obs}``, the layout the demo file and the policies use.
+    """
     namespace = env_id.split("/", 1)[0] if "/" in env_id else None
     if namespace and env_id not in gym.registry:
         # Import the package that registers the id in this process (e.g. swan_envs).
         with contextlib.suppress(ImportError):
             importlib.import_module(namespace)
     env = gym.make(env_id, **env_kwargs)
+    box = env.observation_space
+    if isinstance(box, gym.spaces.Box) and len(box.shape) == 1:
+        from swan_policy.envs import StateAsProprio  # torch-free, like this module
+
+        env = StateAsProprio(env)
     return env, (expert_factory or _default_expert_factory)(env)
 
 

@@ -45,6 +45,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import KVWriter, Logger, TensorBoardOutputFormat
+from stable_baselines3.common.preprocessing import is_image_space, is_image_space_channels_first
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.vec_env import (
     DummyVecEnv,
@@ -52,6 +53,7 @@ from stable_baselines3.common.vec_env import (
     VecEnv,
     VecMonitor,
     VecNormalize,
+    VecTransposeImage,
 )
 
 from swan_policy.config import ConfigError, EnvConfig, ExperimentConfig, dump_config, load_config
@@ -110,9 +112,19 @@ def _make_worker_env(cfg: EnvConfig) -> gym.Env[Any, Any]:
     return make_env(cfg)
 
 
+def _has_hwc_image(space: gym.Space[Any]) -> bool:
+    """Whether SB3 would wrap an env of this observation space in VecTransposeImage."""
+    parts = space.spaces.values() if isinstance(space, gym.spaces.Dict) else [space]
+    return any(
+        isinstance(s, gym.spaces.Box) and is_image_space(s) and not is_image_space_channels_first(s)
+        for s in parts
+    )
+
+
 def make_rl_env(cfg: ExperimentConfig) -> VecEnv:
     """``rl.n_envs`` copies of the env (SubprocVecEnv if ``rl.subproc`` and n > 1), with
-    episode statistics (VecMonitor) and, if ``rl.normalize``, VecNormalize on proprio."""
+    episode statistics (VecMonitor), CHW images (VecTransposeImage) and, if
+    ``rl.normalize``, VecNormalize on proprio."""
     rl = cfg.rl
     fns: list[Callable[[], gym.Env[Any, Any]]] = [
         partial(_make_worker_env, cfg.env) for _ in range(rl.n_envs)
@@ -123,6 +135,10 @@ def make_rl_env(cfg: ExperimentConfig) -> VecEnv:
         else DummyVecEnv(fns)
     )
     env: VecEnv = VecMonitor(base)
+    if _has_hwc_image(env.observation_space):
+        # Transpose *under* VecNormalize: SB3 would add VecTransposeImage on top of it, and
+        # SAC stores VecNormalize.get_original_obs() (then HWC) in a CHW replay buffer.
+        env = VecTransposeImage(env)
     if rl.normalize:
         env = VecNormalize(
             env,
@@ -457,6 +473,20 @@ class RLRun:
             self.checkpoint(model, step)
 
 
+def _non_finite_error(model: BaseAlgorithm, error: ValueError) -> TrainingError | None:
+    """A ValueError out of ``learn()`` as the TrainingError of NaN/Inf (None: unrelated).
+
+    Non-finite weights surface first as torch's argument check of SB3's ``Normal(loc=NaN)``
+    in the next rollout, unless a checkpoint (:func:`save_rl_checkpoint`) is due before it.
+    """
+    step = model.num_timesteps
+    if not all(torch.isfinite(p).all() for p in model.policy.parameters()):
+        return TrainingError(f"non-finite parameters at step {step}")
+    if "found invalid values" in str(error):  # torch.distributions' check: a NaN output
+        return TrainingError(f"non-finite policy outputs at step {step}")
+    return None
+
+
 def train_rl(cfg: ExperimentConfig, run_dir: Path, resume: bool = False, show: bool = True) -> Path:
     """Train a SWAN policy with SB3 PPO or SAC; returns the final checkpoint directory.
 
@@ -509,12 +539,17 @@ def train_rl(cfg: ExperimentConfig, run_dir: Path, resume: bool = False, show: b
             callback = _RunCallback(run, flag, progress, task)
             t0 = time.perf_counter()
             if run.start_step < total:
-                model.learn(
-                    total - run.start_step,
-                    callback=[GateStatsCallback(), callback],
-                    log_interval=cfg.rl.log_interval,
-                    reset_num_timesteps=ckpt is None,
-                )
+                try:
+                    model.learn(
+                        total - run.start_step,
+                        callback=[GateStatsCallback(), callback],
+                        log_interval=cfg.rl.log_interval,
+                        reset_num_timesteps=ckpt is None,
+                    )
+                except ValueError as e:
+                    if (nan := _non_finite_error(model, e)) is None:
+                        raise
+                    raise nan from e
             if flag["stop"]:
                 last = run.checkpoint(model, callback.consistent_step)
                 console.print(f"interrupted: checkpoint {last}; resume with --resume")

@@ -85,6 +85,26 @@ def test_two_workers_write_the_same_demos_as_one(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.hdf5", "two.hdf5"]
 
 
+def test_flat_box_env_demos_are_proprio_dicts(tmp_path: Path) -> None:
+    # InvertedPendulum-v5 observes a flat Box: demos see it as make_env does, {"proprio": obs}
+    from swan_policy.config import EnvConfig
+    from swan_policy.envs import make_env
+
+    one, two = tmp_path / "one.hdf5", tmp_path / "two.hdf5"
+    stats = collect_demos("InvertedPendulum-v5", 2, one, progress=False)
+    collect_demos(
+        "InvertedPendulum-v5", 2, two, workers=2, progress=False, expert_factory=_torch_free_expert
+    )
+    assert stats.episodes == 2 and stats.mean_return > 100  # the expert balances the pole
+    info = validate_demo_file(one)
+    assert info.obs_shapes == {"proprio": (4,)}
+    a, b = load_demos(one), load_demos(two)
+    assert a.obs["proprio"].dtype == np.float32 and a.actions.shape == (stats.samples, 1)
+    assert np.array_equal(a.obs["proprio"], b.obs["proprio"])
+    first, _ = make_env(EnvConfig(id="InvertedPendulum-v5")).reset(seed=0)
+    np.testing.assert_array_equal(a.episode(0)["obs"]["proprio"][0], first["proprio"])
+
+
 def _idle_expert(env: gym.Env[Any, Any]) -> Any:
     return lambda obs: np.zeros(env.action_space.shape, dtype=np.float32)
 

@@ -29,7 +29,7 @@ def test_pixel_reacher_hides_the_target_from_proprio() -> None:
 
 
 def test_frame_stack_is_channel_stacked_newest_last() -> None:
-    env = gym.make("swan_envs/PixelInvertedPendulum-v0", width=32, height=32, frame_stack=3)
+    env = gym.make("swan_envs/PixelInvertedPendulum-v1", width=32, height=32, frame_stack=3)
     obs, _ = env.reset(seed=0)
     assert obs[PIXELS].shape == (32, 32, 9)
     frames = np.split(obs[PIXELS], 3, axis=-1)
@@ -98,3 +98,48 @@ def test_target_is_visible_in_pixel_reacher() -> None:
     base.set_state(qpos, base.data.qvel.copy())
     moved_again = env.step(np.zeros(2, dtype=np.float32))[0]
     assert np.abs(moved[PIXELS].astype(int) - moved_again[PIXELS].astype(int)).sum() > 0
+
+
+@pytest.mark.parametrize("env_cls", [InvertedPendulumEnv, ReacherEnv])
+def test_frame_and_success_see_the_current_state(env_cls: Any) -> None:
+    # gymnasium's do_simulation ends on mj_step, which leaves xpos one substep behind qpos:
+    # the wrapper must render (and test success on) positions recomputed from the state.
+    import mujoco
+
+    env = PixelObservationWrapper(env_cls(), width=32, height=32, frame_stack=1)
+    env.reset(seed=0)
+    base: Any = env.unwrapped
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        obs, _, _, _, info = env.step(rng.uniform(-1, 1, env.action_space.shape))
+    fresh = mujoco.MjData(base.model)
+    fresh.qpos[:], fresh.qvel[:] = base.data.qpos, base.data.qvel
+    mujoco.mj_forward(base.model, fresh)
+    np.testing.assert_array_equal(base.data.xpos, fresh.xpos)  # what was rendered
+    mujoco.mj_forward(base.model, base.data)  # a frame rendered after an explicit forward
+    np.testing.assert_array_equal(obs[PIXELS], env._frame(env._renderer))
+    if env_cls is ReacherEnv:
+        gap = fresh.body("fingertip").xpos - fresh.body("target").xpos
+        assert info["is_success"] == bool(np.linalg.norm(gap[:2]) < 0.02)
+    env.close()
+
+
+def test_v0_keeps_its_frames_and_v1_sees_the_current_state() -> None:
+    """A released env's observations never change: -v0 still renders one physics substep
+    behind the state, -v1 is the fixed env (same dynamics, same proprio)."""
+    v0 = gym.make("swan_envs/PixelInvertedPendulum-v0", width=32, height=32, frame_stack=1)
+    v1 = gym.make("swan_envs/PixelInvertedPendulum-v1", width=32, height=32, frame_stack=1)
+    assert v0.unwrapped is not None
+    assert not v0.get_wrapper_attr("sync_state") and v1.get_wrapper_attr("sync_state")
+    o0, _ = v0.reset(seed=0)
+    o1, _ = v1.reset(seed=0)
+    differs = False
+    for _ in range(5):
+        a = np.array([1.0], dtype=np.float32)
+        o0, *_ = v0.step(a)
+        o1, *_ = v1.step(a)
+        np.testing.assert_array_equal(o0[PROPRIO], o1[PROPRIO])  # the same dynamics
+        differs |= not np.array_equal(o0[PIXELS], o1[PIXELS])
+    assert differs  # the cart moves: the frames one substep apart differ
+    v0.close()
+    v1.close()

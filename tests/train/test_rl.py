@@ -295,6 +295,49 @@ def test_rl_checkpoint_round_trips_into_swanpolicy(tmp_path: Path, method: str) 
     env.close()
 
 
+@pytest.mark.parametrize("method", ["ppo", "sac"])
+def test_pixel_run_with_vecnormalize_trains_restores_and_extracts(
+    tmp_path: Path, method: str
+) -> None:
+    # SAC stores VecNormalize.get_original_obs(): the images must be CHW below VecNormalize
+    hyperparams = (
+        "{n_steps: 32, batch_size: 16, n_epochs: 1}"
+        if method == "ppo"
+        else "{learning_starts: 16, batch_size: 8, buffer_size: 100}"
+    )
+    sets = [
+        *tiny_policy(16),
+        f"method={method}",
+        "rl.n_envs=1",
+        "rl.subproc=false",
+        "rl.normalize=true",
+        "rl.critic_hidden=[16]",
+        "rl.total_timesteps=64",
+        f"rl.hyperparams={hyperparams}",
+        "eval.episodes=1",
+        "eval.workers=1",
+        "eval.budgets=[1.0]",
+        "log.checkpoint_every=32",
+        "log.tensorboard=false",
+    ]
+    cfg = load_config(REPO / "configs" / "reach_ppo.yaml", sets)
+    final = train_rl(cfg, tmp_path / "run", show=False)
+    policy = SwanPolicy.from_pretrained(final)
+    saved_cfg = load_config(tmp_path / "run" / "config.yaml")
+    env = make_rl_env(saved_cfg)
+    model = build_model(saved_cfg, env)
+    restore_rl_checkpoint(model, final)
+    vn = model.get_vec_normalize_env()
+    assert vn is not None and vn.obs_rms[PROPRIO].count > 1
+    assert model.observation_space[PIXELS].shape == (3, 16, 16)
+    obs, _ = make_env(saved_cfg.env).reset(seed=3)
+    # proprio at the running mean: VecNormalize's clip (not folded) stays out of play
+    obs[PROPRIO] = vn.obs_rms[PROPRIO].mean.astype(np.float32)
+    sb3_action, _ = model.predict(vn.normalize_obs(obs), deterministic=True)
+    np.testing.assert_allclose(policy.act(obs), sb3_action, atol=1e-5)
+    env.close()
+
+
 def test_bad_hyperparameters_are_one_line_errors(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -336,6 +379,52 @@ def test_cli_train_resume_eval_in_a_subprocess(
     ev = ["eval", "--run", str(run), "--episodes", "2", "--budgets", "1,0.5", "--workers", "1"]
     assert main([*ev, "--json", str(out)]) == 0
     assert [r["budget"] for r in json.loads(out.read_text())["results"]] == [1.0, 0.5]
+
+
+def test_nan_weights_stop_with_the_one_line_error_and_keep_the_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # NaN weights between checkpoints: SB3's Normal(loc=NaN) check raises a ValueError in
+    # the next rollout, before any checkpoint could report them (RELIABILITY.md row 12)
+    real_train, calls = PPO.train, []
+
+    def train_then(self: PPO, poison: Any) -> None:
+        real_train(self)
+        calls.append(1)
+        if len(calls) == 3:  # after the update that follows the checkpoint at step 64
+            poison(self)
+
+    def nan_weight(model: PPO) -> None:
+        with torch.no_grad():
+            swan_of(model).head.out.weight[0, 0] = float("nan")
+
+    def unrelated(model: PPO) -> None:
+        raise ValueError("an unrelated bug")
+
+    config = str(REPO / "configs" / "inverted_pendulum_ppo.yaml")
+    sets = tiny_args(
+        tmp_path,
+        "rl.n_envs=1",
+        "rl.hyperparams={n_steps: 32, batch_size: 32, n_epochs: 1}",
+        "log.checkpoint_every=64",
+        "log.tensorboard=false",
+        "eval.at_end=false",
+    )
+    run = tmp_path / "run"
+    monkeypatch.setattr(PPO, "train", lambda self: train_then(self, nan_weight))
+    assert main(["train", "--config", config, "--run-dir", str(run), "--quiet", *sets]) == 2
+    err = capsys.readouterr().err
+    step_64 = run / "checkpoints" / "step_64"
+    assert err == (
+        f"error: non-finite parameters at step 96; stopped. Last good checkpoint: {step_64}\n"
+    )
+    assert latest_checkpoint(run) == step_64
+    # any other ValueError out of learn() stays what it is
+    calls.clear()
+    monkeypatch.setattr(PPO, "train", lambda self: train_then(self, unrelated))
+    cfg = load_config(config, sets[1::2])
+    with pytest.raises(ValueError, match="an unrelated bug"):
+        train_rl(cfg, tmp_path / "other", show=False)
 
 
 def test_ctrl_c_checkpoints_exits_130_and_resumes(tmp_path: Path) -> None:
