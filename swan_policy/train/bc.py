@@ -74,6 +74,12 @@ def load_bc_data(path: Path, env: EnvConfig | None = None) -> BCData:
     from swan_policy.data.demos import DemoFileError, load_demos
 
     demos = load_demos(path)
+    if PIXELS not in demos.obs:  # BCData, the augmentations and DAgger rounds hold images
+        raise DemoFileError(
+            f"{path}: observation keys {sorted(demos.obs)}; imitation here trains pixel "
+            f"policies and needs {PIXELS!r} (use a pixel env, e.g. "
+            "swan_envs/PixelInvertedPendulum-v1, or RL for state observations)"
+        )
     recorded = demos.env_args
     if env is not None and env.id and isinstance(recorded.get("env_name"), str):
         from swan_policy.envs import effective_kwargs

@@ -103,6 +103,12 @@ def test_flat_box_env_demos_are_proprio_dicts(tmp_path: Path) -> None:
     assert np.array_equal(a.obs["proprio"], b.obs["proprio"])
     first, _ = make_env(EnvConfig(id="InvertedPendulum-v5")).reset(seed=0)
     np.testing.assert_array_equal(a.episode(0)["obs"]["proprio"][0], first["proprio"])
+    # imitation trains pixel policies: a clear refusal, not a KeyError deep in BC
+    from swan_policy.data.demos import DemoFileError
+    from swan_policy.train.bc import load_bc_data
+
+    with pytest.raises(DemoFileError, match=r"one\.hdf5: observation keys \['proprio'\]"):
+        load_bc_data(one)
 
 
 def _idle_expert(env: gym.Env[Any, Any]) -> Any:
