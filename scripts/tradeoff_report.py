@@ -101,6 +101,32 @@ def checks(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out["ladder_ahead_everywhere"] = bool(pairs) and all(
         any(a["ahead"] for a in ahead if (a["level"], a["vs"]) == p) for p in pairs
     )
+    # the one model with dynamic gates at the level's budget, where its executed MACs
+    # per step are within 5% of (or below) the static arm's: the same question for
+    # SWAN as deployed with its gates (sparse mode) rather than as level graphs
+    dynamic = []
+    for r in rows:
+        if r["arm"] != "swan-dynamic" or r["level"] is None or r["level"] >= 1.0:
+            continue
+        for other in ("pruned", "scratch"):
+            o = next((x for x in rows if x["arm"] == other and x["level"] == r["level"]), None)
+            if o is None:
+                continue
+            dynamic.append(
+                {
+                    "level": r["level"],
+                    "vs": other,
+                    "swan": r["success_mean"],
+                    "other": o["success_mean"],
+                    "macs_ratio": r["macs"] / o["macs"],
+                    "matched": r["macs"] <= 1.05 * o["macs"],
+                    "ahead": r["success_mean"] > o["success_mean"],
+                }
+            )
+    out["dynamic_ahead"] = dynamic
+    out["dynamic_ahead_everywhere"] = bool(dynamic) and all(
+        d["ahead"] and d["matched"] for d in dynamic
+    )
     return out
 
 

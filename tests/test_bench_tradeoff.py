@@ -245,3 +245,47 @@ def test_tradeoff_resumes_an_interrupted_arm_with_its_minutes(tmp_path: Path) ->
     assert done["resumed"] is True and 3.0 <= done["minutes"] < 13.0
     starts, done = bench(tmp_path / "again")
     assert starts == [(0, False)] and "resumed" not in done and done["minutes"] < 3.0
+
+
+def test_combine_checks_the_dynamic_gates_against_static_arms_at_matched_macs(
+    tmp_path: Path,
+) -> None:
+    """``checks.dynamic_ahead``: SWAN's one model at a level's budget against pruned and
+    scratch at that level, where its executed MACs are within 5% of theirs."""
+
+    def row(arm: str, level: float | None, success: float, macs: float) -> dict[str, object]:
+        return {"arm": arm, "level": level, "success": success, "return": 0.0, "macs": macs}
+
+    def seed_file(seed: int, dyn_low: float) -> Path:
+        rows = [
+            row("dense", 1.0, 0.5, 100.0),
+            row("swan-dynamic", 0.5, 0.6, 27.0),
+            row("swan-dynamic", 0.25, dyn_low, 9.0),  # 9 > 1.05 x 8: not matched
+            row("pruned", 0.5, 0.4, 27.0),
+            row("scratch", 0.5, 0.5, 27.5),
+            row("pruned", 0.25, 0.1, 8.0),
+        ]
+        for r in rows:
+            r["dense_macs"] = 100.0
+        meta = {"task": "swan_envs/Reach-v0", "variation": "none", "episodes": 10}
+        data = {**meta, "eval_seed": 10_000, "levels": [0.5, 0.25], "seeds": [seed]}
+        data |= {"per_seed": [rows], "command": "synthetic"}
+        path = tmp_path / f"s{seed}.json"
+        path.write_text(json.dumps(data))
+        return path
+
+    files = [seed_file(0, 0.3), seed_file(1, 0.5)]
+    cmd = [sys.executable, str(REPO / "scripts" / "bench_tradeoff.py"), "--combine"]
+    proc = subprocess.run(
+        [*cmd, *map(str, files), "--docs", str(tmp_path / "docs")],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    checks = json.loads((tmp_path / "docs" / "tradeoff_reach.json").read_text())["checks"]
+    got = {(d["level"], d["vs"]): (d["ahead"], d["matched"]) for d in checks["dynamic_ahead"]}
+    assert got == {
+        (0.5, "pruned"): (True, True),
+        (0.5, "scratch"): (True, True),
+        (0.25, "pruned"): (True, False),
+    }
+    assert checks["dynamic_ahead_everywhere"] is False  # 0.25 spends 12.5% more MACs
