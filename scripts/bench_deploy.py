@@ -32,7 +32,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from swan_policy.deploy.runtime import load_session, read_manifest
+from swan_policy.deploy.manifest import load_session, read_manifest
 
 
 def sb3_cnn_actor(path: Path, hw: int = 64, action_dim: int = 2) -> int:

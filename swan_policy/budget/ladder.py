@@ -46,7 +46,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from swan_policy.budget.schedulers import DEFAULT_LEVELS, check_levels
+from swan_policy.budget.base import DEFAULT_LEVELS, check_levels
 from swan_policy.nn import flops
 from swan_policy.nn.gates import units_for_budget
 from swan_policy.nn.layers import GatedConv2d

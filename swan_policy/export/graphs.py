@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from swan_policy.budget.ladder import quiet
-from swan_policy.deploy.runtime import ACTION, BUDGET, MARGIN
+from swan_policy.deploy.manifest import ACTION, BUDGET, MARGIN
 from swan_policy.nn.encoders import preprocess_pixels
 from swan_policy.policy import SwanPolicy
 from swan_policy.spec import PIXELS, PROPRIO

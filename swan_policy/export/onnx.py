@@ -47,7 +47,7 @@ from torch import Tensor, nn
 
 from swan_policy import __version__
 from swan_policy.budget.ladder import GateHandling, Ladder, graph_macs, level_policy, quiet
-from swan_policy.deploy.runtime import (
+from swan_policy.deploy.manifest import (
     ACTION,
     BUDGET,
     BUNDLE_FORMAT,
@@ -194,7 +194,7 @@ def check_parity(
     Raises:
         ExportError: a difference above ``atol`` (names the file and the input set).
     """
-    from swan_policy.deploy.runtime import load_session
+    from swan_policy.deploy.manifest import load_session
 
     sess = load_session(path)
     names: list[str] = list(module.input_names)  # type: ignore[arg-type]  # Module.__getattr__
@@ -489,7 +489,7 @@ def quantize_level(
         quantize_static,
     )
 
-    from swan_policy.deploy.runtime import load_session
+    from swan_policy.deploy.manifest import load_session
 
     names: list[str] = list(graph.input_names)  # type: ignore[arg-type]  # Module.__getattr__
     calib = [inputs[k] for k in ("real_16", "random_16", "edge_16") if k in inputs]

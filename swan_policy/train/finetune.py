@@ -68,7 +68,7 @@ def finetune(
         The fine-tuned model (eval mode) and ``{"steps", "samples", "config_hash",
         "init_hash", "run"}``, plus ``"extra_data"`` and ``"extra_hash"`` with extra data.
     """
-    from swan_policy.deploy.runtime import sha256_file
+    from swan_policy.deploy.manifest import sha256_file
     from swan_policy.export.onnx import config_hash
     from swan_policy.serialization import tensors_hash
     from swan_policy.train.dagger import total_steps

@@ -17,7 +17,7 @@ from swan_policy.budget.schedulers import Deadline, Scheduler, StepInfo
 from swan_policy.cli import main as swan_main
 from swan_policy.deploy import BundleError, PolicyRuntime, loop
 from swan_policy.deploy import runtime as runtime_module
-from swan_policy.deploy.runtime import level_file, sha256_file
+from swan_policy.deploy.manifest import level_file, sha256_file
 from tests.deploy.conftest import one_obs
 from tests.reliability._bundles import linear_bundle
 

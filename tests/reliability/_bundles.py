@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from swan_policy.deploy.runtime import BUNDLE_FORMAT, MANIFEST_NAME, level_file, sha256_file
+from swan_policy.deploy.manifest import BUNDLE_FORMAT, MANIFEST_NAME, level_file, sha256_file
 
 
 def linear_bundle(out: Path, weight: np.ndarray, levels: tuple[float, ...] = (1.0,)) -> Path:
