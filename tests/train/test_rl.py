@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -12,16 +13,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 from stable_baselines3 import PPO, SAC
+from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from swan_policy.cli import main
 from swan_policy.config import ConfigError, EnvConfig, load_config
 from swan_policy.envs import make_env
 from swan_policy.policy import SwanPolicy
+from swan_policy.serialization import load_json, save_tensors
 from swan_policy.spec import PIXELS, PROPRIO
 from swan_policy.train.checkpoint import latest_checkpoint
 from swan_policy.train.rl import (
@@ -34,7 +38,13 @@ from swan_policy.train.rl import (
     fold_obs_normalization,
     swan_of,
 )
-from swan_policy.train.rl_run import build_model, make_rl_env, restore_rl_checkpoint, train_rl
+from swan_policy.train.rl_checkpoint import (
+    REPLAY,
+    _replay_arrays,
+    _restore_replay,
+    restore_rl_checkpoint,
+)
+from swan_policy.train.rl_run import build_model, make_rl_env, train_rl
 from tests.reliability._runs import TINY_DAGGER, set_args, tiny_policy
 
 REPO = Path(__file__).resolve().parents[2]
@@ -293,6 +303,56 @@ def test_rl_checkpoint_round_trips_into_swanpolicy(tmp_path: Path, method: str) 
     if method == "sac":
         assert model.replay_buffer.pos == state.extras["replay"]["pos"] > 0
     env.close()
+
+
+def test_only_the_newest_sac_checkpoint_keeps_the_replay_buffer(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    overrides = tiny_args(tmp_path, "method=sac")[1::2]
+    overrides += ["rl.hyperparams={learning_starts: 64, buffer_size: 1000}"]
+    cfg = load_config(REPO / "configs" / "inverted_pendulum_ppo.yaml", overrides)
+    final = train_rl(cfg, tmp_path / "run", show=False)
+    steps = sorted((tmp_path / "run" / "checkpoints").glob("step_*"))
+    assert len(steps) >= 2 and final in steps
+    # one buffer on disk, in the checkpoint `last` points to
+    assert [s for s in steps if (s / REPLAY).is_file()] == [final]
+    older = next(s for s in steps if s != final)
+    assert load_json(older / "trainer_state.json")["extras"]["replay"] is not None
+    saved_cfg = load_config(tmp_path / "run" / "config.yaml")
+    env = make_rl_env(saved_cfg)
+    model = build_model(saved_cfg, env)
+    with caplog.at_level(logging.WARNING):
+        restore_rl_checkpoint(model, older)  # still resumable, with an empty buffer
+    assert model.replay_buffer.pos == 0 and not model.replay_buffer.full
+    assert f"no {REPLAY}" in caplog.text and str(older) in caplog.text
+    env.close()
+
+
+def test_replay_round_trip_keeps_the_last_next_observation_with_optimize_memory_usage(
+    tmp_path: Path,
+) -> None:
+    obs_space = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
+    act_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def buffer() -> ReplayBuffer:
+        return ReplayBuffer(
+            8, obs_space, act_space, optimize_memory_usage=True, handle_timeout_termination=False
+        )
+
+    rng = np.random.default_rng(0)
+    saved = buffer()
+    for _ in range(5):  # not full: the last transition's next observation sits at pos
+        obs, nxt = rng.normal(size=(2, 1, 3)).astype(np.float32)
+        saved.add(obs, nxt, np.zeros((1, 1)), np.ones(1), np.zeros(1), [{}])
+    arrays = _replay_arrays(saved)
+    save_tensors(tmp_path / REPLAY, {k: torch.from_numpy(v.copy()) for k, v in arrays.items()})
+    restored = buffer()
+    _restore_replay(restored, tmp_path / REPLAY, saved.pos, saved.full)
+    idx = np.arange(5)
+    np.testing.assert_array_equal(
+        restored._get_samples(idx).next_observations.numpy(),
+        saved._get_samples(idx).next_observations.numpy(),
+    )
 
 
 @pytest.mark.parametrize("method", ["ppo", "sac"])
