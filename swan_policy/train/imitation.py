@@ -153,6 +153,11 @@ class _ImitationRun:
         ``data``), or a fresh or given policy normalised by the demos."""
         if ckpt is None:
             policy = init_policy if init_policy is not None else SwanPolicy(self.policy_cfg)
+            if init_policy is not None:  # its architecture, this run's sparsity weight
+                gate = policy.config.gate.model_copy(
+                    update={"sparsity_weight": self.policy_cfg.gate.sparsity_weight}
+                )
+                policy.config = policy.config.model_copy(update={"gate": gate})
             proprio = self.demo_proprio
             std = proprio.std(0)
             policy.set_normalization(

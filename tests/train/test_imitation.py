@@ -405,3 +405,24 @@ def test_resuming_a_run_from_an_init_policy_keeps_what_it_froze(
     assert frozen
     for (name, p), q in zip(final.named_parameters(), init.parameters(), strict=True):
         assert torch.equal(p, q) == (name in frozen), name
+
+
+def test_a_gated_init_policy_trains_with_the_runs_sparsity_weight(
+    demos16: Path, tmp_path: Path
+) -> None:
+    """A fine-tune's ``policy.gate.sparsity_weight`` applies to the policy it starts from
+    (its architecture is kept; the loss weight is the run's), and the run records it."""
+    from swan_policy.envs import make_env, resolve_policy_config
+    from tests.reliability._runs import CONFIG, tiny_train
+
+    cfg = load_config(CONFIG, [*tiny_train(demos16)[4::2], "policy.gate.sparsity_weight=0.3"])
+    resolved = resolve_policy_config(cfg.policy, make_env(cfg.env))
+    init_cfg = resolved.model_copy(
+        update={"gate": resolved.gate.model_copy(update={"sparsity_weight": 0.0})}
+    )
+    run = tmp_path / "run"
+    imitation.train(cfg, run, show=False, init_policy=SwanPolicy(init_cfg))
+    last = latest_checkpoint(run)
+    assert last is not None
+    assert SwanPolicy.from_pretrained(last).config.gate.sparsity_weight == 0.3
+    assert load_config(run / "config.yaml").policy.gate.sparsity_weight == 0.3
