@@ -37,6 +37,38 @@ from swan_policy.policy import SwanPolicy
 
 EXPERT_ACTION = "expert_action"
 PHASE = "phase"  # the scripted expert's phase (schedulers' per-phase tables)
+ENV_ERROR = "swan_env_error"  # info key: the env raised (see EnvErrorToInfo)
+_PIPE_ERRORS = (EOFError, BrokenPipeError, ConnectionResetError)  # a worker process died
+
+
+class EnvWorkerError(RuntimeError):
+    """An env raised inside a rollout, or an env worker process died: the rollout
+    cannot go on. The message is one line naming the env and the cause."""
+
+
+class EnvErrorToInfo(gym.Wrapper[Any, Any, Any, Any]):
+    """An exception in the env's ``reset``/``step`` becomes an ended episode with
+    ``info["swan_env_error"]`` (``"TypeName: message"``) and a placeholder observation:
+    it crosses SB3's worker pipe and :func:`run_episodes` raises :class:`EnvWorkerError`
+    (the worker used to die with a traceback and the parent to hang on its pipe)."""
+
+    def _failed(self, e: Exception) -> tuple[Any, dict[str, Any]]:
+        message = f"{type(e).__name__}: {e}".strip().replace("\n", " ")
+        return self.observation_space.sample(), {ENV_ERROR: message}
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        try:
+            return self.env.reset(**kwargs)
+        except Exception as e:  # reported by run_episodes as one EnvWorkerError
+            return self._failed(e)
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        try:
+            obs, reward, terminated, truncated, info = self.env.step(action)
+        except Exception as e:  # reported by run_episodes as one EnvWorkerError
+            obs, info = self._failed(e)
+            return obs, 0.0, True, False, info
+        return obs, float(reward), terminated, truncated, info
 
 
 class ExpertLabels(gym.Wrapper[Any, Any, Any, Any]):
@@ -70,17 +102,71 @@ def _env_factory(cfg: EnvConfig, labels: bool) -> Callable[[], gym.Env[Any, Any]
             # a worker: Ctrl-C is the trainer's to handle (it checkpoints, then closes us)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         env = make_env(cfg)
-        return ExpertLabels(env) if labels else env
+        return EnvErrorToInfo(ExpertLabels(env) if labels else env)
 
     return make
 
 
 def make_vec_env(cfg: EnvConfig, n: int, labels: bool = False) -> Any:
-    """SB3 vector env of ``n`` copies (subprocesses when ``n > 1``)."""
+    """SB3 vector env of ``n`` copies (subprocesses when ``n > 1``); its ``close()``
+    works after a worker died or an interrupted step."""
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
+    class _SubprocVecEnv(SubprocVecEnv):
+        def close(self) -> None:
+            # SB3's drains every pipe after an interrupted step: blocks on one already read
+            if self.closed:
+                return
+            if self.waiting:
+                for remote in self.remotes:
+                    try:
+                        if remote.poll(1.0):
+                            remote.recv()
+                    except Exception:  # noqa: S110  (a dead worker: nothing to drain)
+                        pass
+                self.waiting = False
+            for remote in self.remotes:
+                try:
+                    remote.send(("close", None))
+                except Exception:  # noqa: S110  (a dead worker)
+                    pass
+            for p in self.processes:
+                p.join(timeout=5)
+                if p.is_alive():
+                    p.terminate()
+                    p.join(timeout=5)
+            self.closed = True
+
+    if n < 1:
+        raise ValueError(f"make_vec_env needs at least one env, got n={n}")
     fns = [_env_factory(cfg, labels) for _ in range(n)]
-    return SubprocVecEnv(fns, start_method="forkserver") if n > 1 else DummyVecEnv(fns)
+    if n == 1:
+        return DummyVecEnv(fns)
+    try:
+        return _SubprocVecEnv(fns, start_method="forkserver")
+    except _PIPE_ERRORS:
+        raise EnvWorkerError(f"an env worker process for {cfg.id} died while starting") from None
+
+
+def _vec_call(vec: Any, method: str, *args: Any) -> Any:
+    """``vec.<method>(*args)``; a dead worker process becomes one :class:`EnvWorkerError`."""
+    try:
+        return getattr(vec, method)(*args)
+    except _PIPE_ERRORS:
+        deadline = time.monotonic() + 1.0  # let the dead worker's exit code arrive
+        for p in getattr(vec, "processes", []):
+            p.join(timeout=max(0.0, deadline - time.monotonic()))
+        codes = [p.exitcode for p in getattr(vec, "processes", [])]
+        dead = [f"{i} (exit code {c})" for i, c in enumerate(codes) if c is not None]
+        raise EnvWorkerError(
+            f"an env worker process died during the rollout (worker {', '.join(dead) or '?'})"
+        ) from None
+
+
+def _raise_env_errors(infos: Sequence[Mapping[str, Any]], seeds: Sequence[int | None]) -> None:
+    for info, s in zip(infos, seeds, strict=False):
+        if ENV_ERROR in info:
+            raise EnvWorkerError(f"the env raised in episode seed {s}: {info[ENV_ERROR]}")
 
 
 @dataclass
@@ -151,6 +237,10 @@ def run_episodes(
             included (faster with many workers; the actions then depend on the batch,
             see the module docstring). Otherwise each running env is forwarded alone,
             and the gate statistics count running envs' steps only.
+
+    Raises:
+        EnvWorkerError: an env raised in ``reset``/``step`` of a played episode, or an
+            env worker process died.
     """
     n = vec.num_envs
     rng = rng or np.random.default_rng(seed)
@@ -162,9 +252,10 @@ def run_episodes(
     for wave in range(math.ceil(episodes / n)):
         first = wave * n
         active = min(n, episodes - first)
-        vec.seed(seed + first)  # SB3 seeds env i with seed + first + i
-        obs = vec.reset()
+        _vec_call(vec, "seed", seed + first)  # SB3 seeds env i with seed + first + i
+        obs = _vec_call(vec, "reset")
         infos = list(vec.reset_infos)
+        _raise_env_errors(infos[:active], [seed + first + i for i in range(active)])
         eps = [
             Episode(
                 seed + first + i,
@@ -219,7 +310,11 @@ def run_episodes(
                     if labelled:
                         ep.expert_actions.append(expert[i].copy())
             last_action = [a.copy() for a in actions]
-            obs, rewards, dones, step_infos = vec.step(actions)
+            obs, rewards, dones, step_infos = _vec_call(vec, "step", actions)
+            _raise_env_errors(
+                [step_infos[i] if running[i] else {} for i in range(active)],
+                [e.seed for e in eps],
+            )
             infos = [vec.reset_infos[i] if dones[i] else step_infos[i] for i in range(n)]
             for i in range(active):
                 if not running[i]:
@@ -345,7 +440,17 @@ def evaluate_policy(
 
     A per-phase schedule (``{"kind": "schedule", "phases": ...}``) reads the scripted
     expert's phase, so the envs then run with the expert attached.
+
+    Raises:
+        ValueError: ``episodes < 1`` or a budget outside ``(0, 1]`` (before any env
+            starts).
+        EnvWorkerError: an env raised, or an env worker process died.
     """
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    bad = [b for b in budgets if not 0.0 < b <= 1.0]  # NaN included
+    if bad:
+        raise ValueError(f"budgets must be in (0, 1], got {bad}")
     specs = [make_scheduler(s).spec() for s in schedulers]  # validate before any env starts
     probe = make_env(env_cfg)
     try:
@@ -462,18 +567,30 @@ def record_video(
     budget: float = 1.0,
     fps: int = 20,
 ) -> int:
-    """Roll out one episode in this process and write its rendered frames (imageio)."""
+    """Roll out one episode in this process and write its rendered frames (imageio).
+
+    Raises:
+        ValueError: the env renders no ``rgb_array`` frames.
+        OSError: ``path`` cannot be written.
+    """
     import imageio.v2 as imageio
 
     env = make_env(env_cfg, render_mode="rgb_array")
+
+    def render() -> np.ndarray:
+        frame = env.render()
+        if not isinstance(frame, np.ndarray):
+            raise ValueError(f"{env_cfg.id} renders no rgb_array frames")
+        return frame
+
     try:
         check_spaces(policy, env)
         obs, _ = env.reset(seed=seed)
-        frames = [env.render()]
+        frames = [render()]
         done = False
         while not done:
             obs, _, terminated, truncated, _ = env.step(policy.act(obs, budget))
-            frames.append(env.render())
+            frames.append(render())
             done = terminated or truncated
     finally:
         env.close()

@@ -2,13 +2,47 @@
 
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from swan_policy.cli._app import UserError, app, console, load_run_policy, parse_budgets
+from swan_policy.cli._app import (
+    UserError,
+    app,
+    console,
+    err_console,
+    load_run_policy,
+    parse_budgets,
+)
+
+
+def check_output_path(
+    path: Path, flag: str, suffix: str | None = None, is_dir: bool = False
+) -> None:
+    """Refuse, before any work, an output path that cannot be written: a file where a
+    directory is needed or the reverse, a parent that is a file, a directory that is not
+    writable, or (with ``suffix``) another file type. Creates nothing."""
+    if suffix is not None and path.suffix.lower() != suffix:
+        raise UserError(f"{flag}: {path} must end in {suffix}")
+    if path.exists():
+        if is_dir and not path.is_dir():
+            raise UserError(f"{flag}: {path} is a file, not a directory")
+        if not is_dir and path.is_dir():
+            raise UserError(f"{flag}: {path} is a directory, not a file")
+        if not os.access(path, os.W_OK):
+            raise UserError(f"{flag}: {path} is not writable")
+        return
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{flag}: cannot create {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{flag}: cannot create {path}: {parent} is not writable")
 
 
 def parse_schedulers(
@@ -34,6 +68,8 @@ def parse_schedulers(
             raise UserError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
         if not values:
             raise UserError(f"{flag}: expected at least one number")
+        if not all(math.isfinite(v) for v in values):
+            raise UserError(f"{flag}: expected finite numbers, got {text!r}")
         return values
 
     targets, limits = numbers(avg_budgets, "--avg-budget"), numbers(deadlines, "--deadline-ms")
@@ -123,11 +159,12 @@ def evaluate(
     import json
 
     from swan_policy.config import load_config
-    from swan_policy.evaluate import evaluate_policy, plot_tradeoff, record_video
+    from swan_policy.evaluate import EnvWorkerError, evaluate_policy, plot_tradeoff, record_video
 
     if sweep:
         budgets = budgets or "1,0.75,0.5,0.25"
-        scheduler = [*(scheduler or []), "adaptive"]
+        if "adaptive" not in [s.strip() for s in scheduler or []]:  # no duplicate rows
+            scheduler = [*(scheduler or []), "adaptive"]
         avg_budget = avg_budget or "0.3,0.4,0.5"
         json_out = json_out or run / "eval_sweep.json"
         plot = plot or run / "eval_sweep.png"
@@ -135,23 +172,44 @@ def evaluate(
     if budgets is None and (not specs or "fixed" in (scheduler or [])):
         budgets = "1,0.5,0.25"
     levels = parse_budgets(budgets) if budgets is not None else []
+    if not run.is_dir():
+        raise UserError(f"--run: {run} is not a run directory")
+    if not (run / "config.yaml").is_file():
+        raise UserError(f"--run: {run} has no config.yaml (not a run directory)")
+    # outputs are written after the whole evaluation: refuse a bad path before it
+    for path, flag, suffix in ((json_out, "--json", None), (plot, "--plot", ".png")):
+        if path is not None:
+            check_output_path(path, flag, suffix)
+    if video is not None:
+        check_output_path(video, "--video", ".mp4")
     cfg = load_config(run / "config.yaml")
     policy = load_run_policy(run, checkpoint)
 
     from rich.progress import Progress
 
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("evaluating", total=episodes * (len(levels) + len(specs)))
-        results = evaluate_policy(
-            policy,
-            cfg.env,
-            episodes,
-            levels,
-            workers,
-            seed,
-            on_episode=lambda _: progress.advance(task),
-            schedulers=specs,
+    try:
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("evaluating", total=episodes * (len(levels) + len(specs)))
+            results = evaluate_policy(
+                policy,
+                cfg.env,
+                episodes,
+                levels,
+                workers,
+                seed,
+                on_episode=lambda _: progress.advance(task),
+                schedulers=specs,
+            )
+    except EnvWorkerError as e:
+        err_console.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        err_console.print(
+            "error: interrupted (Ctrl-C): evaluation stopped, nothing written",
+            markup=False,
+            highlight=False,
         )
+        raise typer.Exit(130) from None
     dense = policy.dense_macs()
     table = Table(title=f"{run.name}: {episodes} episodes per row, {cfg.env.id}")
     table.add_column("budget", justify="right", no_wrap=True)
@@ -171,7 +229,6 @@ def evaluate(
         )
     console.print(table)
     if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
         payload = {
             "run": str(run),
             "env": cfg.env.id,
@@ -180,12 +237,24 @@ def evaluate(
             "dense_macs": dense,
             "results": [r.to_json() for r in results],
         }
-        json_out.write_text(json.dumps(payload, indent=2))
+        try:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(json.dumps(payload, indent=2))
+        except OSError as e:
+            raise UserError(f"--json: cannot write {json_out}: {e.strerror or e}") from None
         console.print(f"wrote {json_out}")
     if plot is not None:
-        plot_tradeoff(results, dense, plot, f"{run.name} ({cfg.env.id}, {episodes} episodes)")
+        try:
+            plot_tradeoff(results, dense, plot, f"{run.name} ({cfg.env.id}, {episodes} episodes)")
+        except OSError as e:
+            raise UserError(f"--plot: cannot write {plot}: {e.strerror or e}") from None
         console.print(f"wrote {plot}")
     if video is not None:
         b = levels[0] if levels else 1.0
-        n = record_video(policy, cfg.env, video, seed, b)
+        try:
+            n = record_video(policy, cfg.env, video, seed, b)
+        except OSError as e:
+            raise UserError(f"--video: cannot write {video}: {e.strerror or e}") from None
+        except ValueError as e:  # the env renders no frames
+            raise UserError(f"--video: {e}") from None
         console.print(f"wrote {video} ({n} frames, budget {b:g})")

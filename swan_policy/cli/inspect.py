@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from swan_policy.cli._app import UserError, app, console, load_run_policy
-from swan_policy.cli.evaluate import parse_schedulers
+from swan_policy.cli._app import UserError, app, console, err_console, load_run_policy
+from swan_policy.cli.evaluate import check_output_path, parse_schedulers
 
 
 @app.command(name="inspect")
@@ -72,9 +72,12 @@ def inspect_gates(
     if not 0.0 < b <= 1.0:
         raise UserError(f"--budget: must be in (0, 1], got {b:g}")
     specs = parse_schedulers([scheduler], None, None, "action") if scheduler is not None else []
+    if scheduler is not None and not specs:  # 'fixed' alone: the eval rows' marker
+        raise UserError("--scheduler: 'fixed' needs a budget here: 'fixed:0.5' (or --budget 0.5)")
     if not (run / "config.yaml").is_file():
         raise UserError(f"--run: {run} has no config.yaml (not a run directory)")
     out = out or run / "inspect"
+    check_output_path(out, "--out", is_dir=True)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise UserError(
@@ -82,6 +85,12 @@ def inspect_gates(
             )
         if run.resolve().is_relative_to(out.resolve()):
             raise UserError(f"--out: {out} holds the run {run}; refusing to replace it")
+        # nor a part of the run (its checkpoints) or the policy directory being inspected
+        kept = [run / "config.yaml", run / "best", run / "checkpoints"]
+        kept += [] if checkpoint in ("best", "last") else [Path(checkpoint)]
+        for path in kept:
+            if path.exists() and path.resolve().is_relative_to(out.resolve()):
+                raise UserError(f"--out: {out} holds {path}; refusing to replace it")
     cfg = load_config(run / "config.yaml")
     policy = load_run_policy(run, checkpoint)
     if not policy.gates():
@@ -95,9 +104,12 @@ def inspect_gates(
     files: list[dict[str, str]] = []
     try:
         check_spaces(policy, env)  # before anything in --out is replaced
-        if out.exists():
-            shutil.rmtree(out)
-        out.mkdir(parents=True)
+        try:
+            if out.exists():
+                shutil.rmtree(out)
+            out.mkdir(parents=True)
+        except OSError as e:
+            raise UserError(f"--out: cannot create {out}: {e.strerror or e}") from None
         limit = env.spec.max_episode_steps if env.spec is not None else None
         with Progress(console=console, transient=True) as progress:
             eps_task = progress.add_task("episodes", total=episodes)
@@ -129,6 +141,15 @@ def inspect_gates(
                 files.append({k: v.name for k, v in written.items()})
                 progress.remove_task(steps)
                 progress.advance(eps_task)
+    except KeyboardInterrupt:
+        err_console.print(
+            f"error: interrupted (Ctrl-C) after {len(traces)} episode(s); "
+            f"{out} holds their files, no summary written",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(130) from None
     finally:
         env.close()
     summary = summarise_gates(traces, known_phases=expert_phases(env))
