@@ -7,6 +7,7 @@ the field, the value and the rule. ``load_config(path, overrides)`` applies dott
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -332,7 +333,8 @@ class ExperimentConfig(StrictModel):
     """Top level of a YAML file in configs/."""
 
     name: str = Field("swan", min_length=1, description="Run name (runs/<name>).")
-    seed: int = Field(0, ge=0, description="Global random seed.")
+    # numpy's legacy seeding (np.random.seed, SB3's set_random_seed) takes < 2**32
+    seed: int = Field(0, ge=0, lt=2**32, description="Global random seed.")
     method: Literal["bc", "dagger", "ppo", "sac", "distill"] = Field(
         "bc", description="Training method (imitation, SB3 RL, or teacher -> student distillation)."
     )
@@ -355,6 +357,78 @@ class ExperimentConfig(StrictModel):
         return self
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` with three of YAML 1.1's surprises taken out.
+
+    PyYAML follows YAML 1.1, where ``1e-3`` and ``1.0e5`` (no dot, or no exponent sign) are
+    *strings*: a free-form field (``rl.hyperparams.learning_rate: 3e-4``) would reach SB3 as
+    text and ``bc.steps: 1e4`` fail as "not an integer"; here they are floats, as in YAML
+    1.2 and JSON. ``2024-05-01`` stays a string (1.1 makes it a ``datetime.date``, which no
+    field takes, ``name`` included). A key given twice in one mapping is an error (1.1
+    keeps the last one silently: a second ``bc:`` section would drop the first).
+    """
+
+
+_ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_EXPONENT_FLOAT = re.compile(r"^(?:[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?|[-+]?\.[0-9_]+)[eE][-+]?[0-9]+$")
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789.")
+)
+
+
+class _ConfigDumper(yaml.SafeDumper):
+    """Quotes the text ``_ConfigLoader`` would read as a float (``name: "1e3"``)."""
+
+
+_ConfigDumper.add_implicit_resolver(
+    "tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789.")
+)
+
+
+def _construct_mapping(
+    loader: _ConfigLoader, node: yaml.MappingNode, deep: bool = False
+) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # `<<: *base`, whose keys an explicit key may override
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            duplicate = key in seen
+        except TypeError:
+            continue  # unhashable: SafeLoader's own error follows
+        if duplicate:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping",
+                node.start_mark,
+                f"duplicate key {key!r}",
+                key_node.start_mark,
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_ConfigLoader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse config YAML (safe: plain data only) with :class:`_ConfigLoader`'s rules.
+
+    Raises:
+        yaml.YAMLError: bad syntax or a duplicate key; ``ValueError`` / ``RecursionError``
+            for values Python refuses to build (a 5000-digit integer, absurd nesting).
+    """
+    # what yaml.safe_load does, with the SafeLoader subclass above (no Python objects)
+    loader = _ConfigLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def _yaml_problem(err: yaml.YAMLError) -> str:
     """One line for a YAML error (PyYAML's own text spans several, with a caret)."""
     if isinstance(err, yaml.MarkedYAMLError) and err.problem_mark is not None:
@@ -373,14 +447,18 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
         if not all(parts):
             raise ConfigError(f"override {item!r}: empty key segment")
         try:
-            value = yaml.safe_load(raw)
+            value = parse_yaml(raw)
         except yaml.YAMLError as e:
             raise ConfigError(
                 f"override {key}: cannot parse value {raw!r}: {_yaml_problem(e)}"
             ) from None
+        except (ValueError, RecursionError) as e:
+            raise ConfigError(f"override {key}: cannot parse value {raw!r}: {e}") from None
         node = data
         for p in parts[:-1]:
-            child = node.setdefault(p, {})
+            child = node.get(p)
+            if child is None:  # absent, or a section left empty in the YAML (`env:`)
+                child = node[p] = {}
             if not isinstance(child, dict):
                 raise ConfigError(f"override {key}: {p!r} is not a section")
             node = child
@@ -396,6 +474,9 @@ def format_validation_error(err: ValidationError) -> str:
     msg = f"{loc}: {first['msg']}"
     if first["type"] != "missing" and "input" in first and not isinstance(first["input"], dict):
         msg += f" (got {first['input']!r})"
+        if first["type"] == "string_type" and isinstance(first["input"], (bool, int, float)):
+            # `name: no` / `--set name=2024`: YAML made a bool or number of the text
+            msg += "; YAML reads yes/no/on/off as booleans and digits as numbers: quote the text"
     if len(errors) > 1:
         msg += f" (and {len(errors) - 1} more)"
     return msg
@@ -416,13 +497,19 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentCo
     """
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"cannot read config {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a YAML text file (not UTF-8)") from None
     try:
-        data = yaml.safe_load(text) or {}
+        data = parse_yaml(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {_yaml_problem(e)}") from None
+    except (ValueError, RecursionError) as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if data is None:  # an empty file: every default
+        data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     cfg: ExperimentConfig = validate_config(apply_overrides(data, overrides))
@@ -431,7 +518,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentCo
 
 def dump_config(cfg: StrictModel) -> str:
     """YAML text of a resolved config (what runs/<name>/config.yaml holds)."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    return yaml.dump(cfg.model_dump(mode="json"), Dumper=_ConfigDumper, sort_keys=False)
 
 
 def config_changes(old: Any, new: Any, prefix: str = "") -> list[str]:

@@ -82,7 +82,8 @@ def load_tensors(path: Path) -> dict[str, Tensor]:
         blob = path.read_bytes()
         tensors = load(blob)
         header = json.loads(blob[8 : 8 + int.from_bytes(blob[:8], "little")])
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+    # KeyError / TypeError: a dtype the parser accepts but this torch cannot hold (F8_E8M0)
+    except (SafetensorError, OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
         raise CheckpointError(
             f"{path}: not a valid safetensors file ({e}); swan-policy only loads "
             "safetensors weights, never pickle"
@@ -101,11 +102,18 @@ def save_json(path: Path, obj: Any) -> None:
 
 
 def load_json(path: Path) -> Any:
+    """Parse a JSON file, or raise :class:`CheckpointError` naming the path.
+
+    Damaged or hostile files (binary, an unreadable file, a 5000-digit number, nesting
+    deep enough to exhaust the parser's recursion) are refused the same way.
+    """
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found (expected a JSON file)")
     try:
-        return json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read it ({e.strerror or e})") from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, ...
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
 
 

@@ -100,12 +100,19 @@ def _not_yet(verb: str, issue: str) -> None:
 def _parse_kwargs(items: list[str] | None, flag: str) -> dict[str, object]:
     import yaml
 
+    from swan_policy.config import _yaml_problem, parse_yaml
+
     out: dict[str, object] = {}
     for item in items or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise UserError(f"{flag}: expected key=value, got {item!r}")
-        out[key] = yaml.safe_load(raw)
+        try:  # the config files' YAML rules: 1e-3 is a float, 2024-05-01 a string
+            out[key] = parse_yaml(raw)
+        except yaml.YAMLError as e:
+            raise UserError(f"{flag}: cannot parse {item!r}: {_yaml_problem(e)}") from None
+        except (ValueError, RecursionError) as e:
+            raise UserError(f"{flag}: cannot parse {item!r}: {e}") from None
     return out
 
 

@@ -113,12 +113,19 @@ def demos(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
 ) -> None:
     """Collect scripted-expert demonstrations into an HDF5 file."""
+    import gymnasium as gym
+
     from swan_policy.data.demos import collect_demos
     from swan_policy.envs import ensure_registered
 
     if out.exists() and not overwrite:
         raise UserError(f"--out: {out} exists (pass --overwrite to replace it)")
+    env_kwargs = _parse_kwargs(env_kwarg, "--env-kwarg")
     ensure_registered(task)
+    try:  # an unknown id: one line now, not a traceback from every worker later
+        gym.spec(task)
+    except gym.error.Error as e:
+        raise UserError(f"--task: {e}") from None
     try:
         stats = collect_demos(
             task,
@@ -126,13 +133,15 @@ def demos(
             out,
             workers=workers,
             seed=seed,
-            env_kwargs=_parse_kwargs(env_kwarg, "--env-kwarg"),
+            env_kwargs=env_kwargs,
             progress=True,
             only_success=only_success,
             overwrite=overwrite,
         )
-    except (FileExistsError, RuntimeError) as e:
-        raise UserError(str(e)) from None
+    except (OSError, RuntimeError) as e:  # a worker's traceback: its first and last lines
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [repr(e)]
+        one = lines[0] if len(lines) == 1 else f"{lines[0].rstrip(':')}: {lines[-1]}"
+        raise UserError(one) from None
     console.print(f"wrote {out}: {stats}")
 
 
@@ -158,6 +167,8 @@ def train(
 
     cfg = load_config(config, [*(overrides or []), *([f"rl.n_envs={n_envs}"] if n_envs else [])])
     out = run_dir or Path("runs") / cfg.name
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--run-dir: {out} exists and is not a directory")
     if resume:
         # distill: the teacher's run (out/teacher) may hold the only checkpoint so far
         teacher = out / "teacher" if cfg.method == "distill" else None

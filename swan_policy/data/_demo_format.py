@@ -45,7 +45,8 @@ def _check_numeric(path: Path, name: str, array: np.ndarray, kinds: str, what: s
     if array.dtype.kind not in kinds:
         raise _fail(path, f"{name} has dtype {array.dtype}, expected {what}")
     if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
-        bad = int(np.argmax(~np.isfinite(array).reshape(array.shape[0], -1).all(axis=1)))
+        rows = np.atleast_1d(array)  # a scalar dataset has no rows to index
+        bad = int(np.argmax(~np.isfinite(rows).reshape(rows.shape[0], -1).all(axis=1)))
         raise _fail(path, f"{name} holds NaN or Inf (first at row {bad})")
 
 
@@ -70,7 +71,9 @@ def _read_demo(path: Path, demo: h5py.Group, where: str) -> dict[str, Any]:
     for key, array in obs.items():
         name = f"{where}/obs/{key}"
         if array.dtype == np.uint8 and array.ndim == 4:
-            if array.shape[-1] % 3 != 0 and array.shape[-1] != 1:
+            # (N, 3, 84, 84) passes the channel-count rule (84 = 3 x 28): channels first
+            chw = array.shape[1] in (1, 3) and array.shape[-1] > 4
+            if chw or (array.shape[-1] % 3 != 0 and array.shape[-1] != 1):
                 raise _fail(
                     path,
                     f"{name} has shape {array.shape}; images must be N x H x W x C, channels "
@@ -159,6 +162,13 @@ def _scan(path: Path, handle: h5py.File) -> tuple[DemoFileInfo, list[dict[str, A
             raise _fail(path, f"data attribute env_args is not JSON: {err}") from None
         if not isinstance(env_args, dict):
             raise _fail(path, "data attribute env_args must be a JSON object")
+        # what training compares with its own env (robomimic: env_name, type, env_kwargs)
+        for key, kind, what in (("env_name", str, "a string"), ("env_kwargs", dict, "an object")):
+            if env_args.get(key) is not None and not isinstance(env_args[key], kind):
+                raise _fail(
+                    path,
+                    f"data attribute env_args: {key} must be {what}, got {env_args[key]!r}",
+                )
     names: list[tuple[int, str]] = []
     for name in data:
         match = _DEMO_NAME.match(name)

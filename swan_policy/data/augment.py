@@ -56,6 +56,8 @@ def random_colour_mix(
     if strength <= 0:
         return pixels
     b, h, w, c = pixels.shape
+    if pixels.dtype != torch.uint8:  # [0, 255] in and out: a float image would be re-quantised
+        raise TypeError(f"colour mix needs uint8 images, got {pixels.dtype}")
     if c % 3:
         raise ValueError(f"colour mix needs RGB frames (channels a multiple of 3), got {c}")
     mix = torch.eye(3) + (torch.rand(b, 3, 3, generator=generator) * 2 - 1) * strength

@@ -53,6 +53,7 @@ from swan_policy.data._demo_format import (
     DemoFileInfo,
     read_demo_file,
 )
+from swan_policy.data._demo_progress import progress_bar
 from swan_policy.data._demo_worker import (
     WORKER_CODE,
     WORKER_ENV_DEFAULTS,
@@ -152,7 +153,12 @@ class _LocalWorker:
         expert_factory: ExpertFactory | None,
         seed: int,
     ) -> None:
-        self.env, self.expert = make_env_and_expert(env_id, env_kwargs, expert_factory)
+        try:  # as a worker process reports it: a RuntimeError with the traceback
+            self.env, self.expert = make_env_and_expert(env_id, env_kwargs, expert_factory)
+        except Exception as err:
+            raise RuntimeError(
+                f"the demo env or expert could not be made:\n{traceback.format_exc()}"
+            ) from err
         self.seed = seed
         self.queue: collections.deque[int] = collections.deque()
 
@@ -246,7 +252,10 @@ class _ProcessWorkers:
         rank = min(range(len(self.conns)), key=self.outstanding.__getitem__)
         if self.outstanding[rank] >= self.depth:
             raise RuntimeError("every demo worker already has a full queue")  # a bug here
-        self.conns[rank].send(index)
+        try:
+            self.conns[rank].send(index)
+        except OSError as err:  # the worker is gone (killed, crashed) since its last episode
+            raise self._died(rank) from err
         self.outstanding[rank] += 1
 
     def wait(self, timeout: float = 0.2) -> list[dict[str, Any]]:
@@ -264,18 +273,21 @@ class _ProcessWorkers:
         try:
             kind, payload = self.conns[rank].recv()
         except (EOFError, OSError) as err:
-            process = self.processes[rank]
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=5)
-            raise RuntimeError(
-                f"demo worker {rank} (pid {process.pid}) died (exit code {process.returncode}); "
-                "its stderr is above"
-            ) from err
+            raise self._died(rank) from err
         if kind == "error":
             raise RuntimeError(f"demo worker {rank} failed:\n{payload}")
         if kind != expect:
             raise RuntimeError(f"demo worker {rank} sent {kind!r}, expected {expect!r}")
         return payload
+
+    def _died(self, rank: int) -> RuntimeError:
+        process = self.processes[rank]
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=5)
+        return RuntimeError(
+            f"demo worker {rank} (pid {process.pid}) died (exit code {process.returncode}); "
+            "its stderr is above"
+        )
 
     def close(self, abort: bool = False) -> None:
         """End the worker processes (started here, so ending them is ours to do).
@@ -459,7 +471,7 @@ def collect_demos(
             pool = _ProcessWorkers(env_id, kwargs, expert_factory, seed, workers)
         completed = False
         try:
-            with _atomic_h5(out) as handle, _progress_bar(progress, env_id, episodes) as bar:
+            with _atomic_h5(out) as handle, progress_bar(progress, env_id, episodes) as bar:
                 staging = handle.create_group("staging")
                 stepping_since = time.perf_counter()  # steps/s excludes worker start-up
                 env_steps = 0
@@ -514,34 +526,6 @@ def collect_demos(
         seconds=seconds,
         steps_per_second=env_steps / max(stepping_seconds, 1e-9),
     )
-
-
-@contextlib.contextmanager
-def _progress_bar(show: bool, env_id: str, episodes: int) -> Iterator[Callable[[_Selection], None]]:
-    """A rich progress bar (episodes done, successes so far) or a no-op."""
-    if not show:
-        yield lambda selection: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("success {task.fields[success]}"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=Console(stderr=True)) as bar:
-        task = bar.add_task(f"demos {env_id}", total=episodes, success="0/0")
-
-        def update(selection: _Selection) -> None:
-            done = len(selection.finished)
-            ok = sum(selection.finished.values())
-            kept = ok if selection.only_success else min(done, episodes)
-            bar.update(task, completed=min(kept, episodes), success=f"{ok}/{done}")
-
-        yield update
 
 
 def validate_demo_file(path: str | os.PathLike[str]) -> DemoFileInfo:
