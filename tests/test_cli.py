@@ -52,6 +52,14 @@ def test_info_prints_the_gate_table(capsys: pytest.CaptureFixture[str]) -> None:
         ),
         (["info", "--bogus"], "error: No such option: --bogus"),
         (["compact", "--run", "x"], "error: --run: x is not a run directory"),
+        (
+            ["eval", "--run", "x", "--avg-budget", "0.4"],
+            "error: --avg-budget: only used with --scheduler adaptive",
+        ),
+        (
+            ["eval", "--run", "x", "--scheduler", "adaptive:0.4", "--deadline-ms", "5"],
+            "error: --deadline-ms: only used with --scheduler deadline",
+        ),
     ],
 )
 def test_user_errors_are_one_line(

@@ -345,3 +345,22 @@ def test_swan_compact_bad_input_is_one_line(
 def test_swan_compact_missing_run_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["compact", "--run", "no/such/run"]) == 2
     assert capsys.readouterr().err.strip() == "error: --run: no/such/run is not a run directory"
+
+
+def test_an_env_fault_in_compacts_rollouts_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rollout engine's EnvWorkerError (an env raised, a worker died) reaches the user
+    of every verb that rolls out as one ``error:`` line, exit 1, not a traceback."""
+    import swan_policy.evaluate as evaluate
+
+    run = make_run(tmp_path)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise evaluate.EnvWorkerError("the env raised in episode seed 3: RuntimeError: boom")
+
+    monkeypatch.setattr(evaluate, "run_episodes", broken)
+    args = ["compact", "--run", str(run), "--calib-episodes", "2", "--heldout-episodes", "2"]
+    assert main([*args, "--workers", "1"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "error: the env raised in episode seed 3: RuntimeError: boom"

@@ -7,6 +7,8 @@ registered now and say so.
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 # importing the command modules registers their commands on ``app``, in this order (the
@@ -43,6 +45,13 @@ __all__ = [
 ]
 
 
+def _is_env_fault(error: BaseException) -> bool:
+    """Whether ``error`` is the rollout engine's :class:`~swan_policy.evaluate.EnvWorkerError`
+    (looked up only if that module is loaded: ``swan deploy`` never imports torch)."""
+    module = sys.modules.get("swan_policy.evaluate")
+    return module is not None and isinstance(error, module.EnvWorkerError)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``swan`` console script; returns the exit status."""
     try:
@@ -62,4 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     except _user_error_types() as e:
         err_console.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
         return 2
+    except RuntimeError as e:
+        if not _is_env_fault(e):
+            raise
+        # an env raised, or an env worker died, in a rollout (eval, compact, export, DAgger)
+        err_console.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+        return 1
     return code if isinstance(code, int) else 0  # typer.Exit(n) comes back as n

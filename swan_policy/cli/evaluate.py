@@ -58,6 +58,7 @@ def parse_schedulers(
     import yaml
 
     from swan_policy.budget.schedulers import make_scheduler
+    from swan_policy.config import parse_yaml
 
     def numbers(text: str | None, flag: str) -> list[float]:
         if text is None:
@@ -93,12 +94,19 @@ def parse_schedulers(
             )
         elif name.startswith("{"):
             try:
-                spec = yaml.safe_load(name)
-            except yaml.YAMLError:
+                spec = parse_yaml(name)
+            except (yaml.YAMLError, ValueError, RecursionError):
                 raise UserError(f"--scheduler: cannot parse {name!r} as a YAML mapping") from None
             specs.append(spec)
         else:
             specs.append(name)
+    kinds = {name.strip() for name in names or []}
+    for values, flag, kind in (
+        (targets, "--avg-budget", "adaptive"),
+        (limits, "--deadline-ms", "deadline"),
+    ):
+        if values and kind not in kinds:  # would be ignored: say so
+            raise UserError(f"{flag}: only used with --scheduler {kind}")
     out = []
     for spec in specs:
         try:
