@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import glob
 import json
 import os
 import pickle
@@ -347,9 +348,26 @@ def _deferred_interrupt() -> Iterator[Callable[[], None]]:
     check()  # a Ctrl-C after the last check: the file is complete, but the caller asked to stop
 
 
+def _remove_stale_temps(out: Path) -> None:
+    """Delete ``.<out>.<pid>.tmp`` files whose writer is gone (a killed ``swan demos``):
+    they never become ``out``, but a demo file can be large. A live writer's is kept."""
+    for tmp in out.parent.glob(f".{glob.escape(out.name)}.*.tmp"):
+        pid = tmp.name[len(out.name) + 2 : -len(".tmp")]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)  # signal 0: is the process there?
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        except (PermissionError, OverflowError):
+            continue  # another user's live process, or not a pid
+
+
 @contextlib.contextmanager
 def _atomic_h5(out: Path) -> Iterator[h5py.File]:
     """An HDF5 file that appears at ``out`` only if the block finishes without an exception."""
+    _remove_stale_temps(out)
     tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
     handle = h5py.File(tmp, "w")
     try:

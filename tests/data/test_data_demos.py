@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -156,6 +157,20 @@ def test_interrupted_collection_leaves_no_file(
     with pytest.raises(KeyboardInterrupt):
         collect_demos("swan_envs/Reach-v0", 4, out, env_kwargs=SMALL, progress=False)
     assert _files(tmp_path) == []
+
+
+def test_a_killed_writers_temp_file_is_removed_and_a_live_ones_kept(tmp_path: Path) -> None:
+    """A SIGKILLed ``swan demos`` leaves ``.<out>.<pid>.tmp`` behind; the next collection
+    into the same file removes it. A temp file whose process is alive stays."""
+    out = tmp_path / "reach.hdf5"
+    dead = tmp_path / f".{out.name}.{2**22 + 7}.tmp"  # above Linux's largest pid: no process
+    live = tmp_path / f".{out.name}.{os.getppid()}.tmp"
+    other = tmp_path / ".other.hdf5.12.tmp"  # another file's temp: not ours to judge
+    for f in (dead, live, other):
+        f.write_bytes(b"partial")
+    collect_demos("swan_envs/Reach-v0", 1, out, env_kwargs=SMALL, progress=False)
+    assert out.is_file() and not dead.exists()
+    assert live.exists() and other.exists()
 
 
 def _broken_expert(env: gym.Env[Any, Any]) -> Any:
