@@ -11,6 +11,7 @@ it (row 2: a flipped byte would otherwise load as silently wrong weights).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -31,7 +32,8 @@ class CheckpointError(ValueError):
 
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Write via ``write(tmp)`` to a temp file in the same directory, fsync, rename.
+    """Write via ``write(tmp)`` to a temp file in the same directory, fsync, rename, fsync
+    the directory.
 
     The temp file is created with the umask's permissions (``mkstemp``'s 0600 would
     make every checkpoint unreadable to the user's group).
@@ -44,8 +46,20 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)  # the rename itself survives a power loss
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory, making a rename or a new entry in it durable (skipped where the
+    filesystem does not allow it)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _data_section(blob: bytes) -> bytes:

@@ -272,3 +272,25 @@ def test_env_kwargs_follow_the_config_files_yaml_rules() -> None:
 
     got = _parse_kwargs(["noise=1e-3", "tag=2024-05-01", "n=3"], "--env-kwarg")
     assert got == {"noise": 0.001, "tag": "2024-05-01", "n": 3}
+
+
+def test_atomic_write_syncs_the_file_then_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rename is durable too: after the file's data, the directory entry is synced
+    (a power loss after the rename could otherwise bring back the old file)."""
+    import stat
+
+    from swan_policy import serialization
+
+    synced: list[bool] = []
+    real_fsync = os.fsync
+
+    def record(fd: int) -> None:
+        synced.append(stat.S_ISDIR(os.fstat(fd).st_mode))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", record)
+    serialization.atomic_write(tmp_path / "a.json", lambda p: p.write_text("{}"))
+    assert synced == [False, True]
+    assert (tmp_path / "a.json").read_text() == "{}"

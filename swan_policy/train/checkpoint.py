@@ -40,6 +40,7 @@ from swan_policy.policy import SwanPolicy
 from swan_policy.serialization import (
     CheckpointError,
     atomic_write,
+    fsync_dir,
     load_json,
     load_tensors,
     save_json,
@@ -165,7 +166,7 @@ def save_checkpoint(
             _replace_files(tmp, final)
         else:
             os.replace(tmp, final)
-        _fsync_dir(ckpt_root)
+        fsync_dir(ckpt_root)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -276,7 +277,7 @@ def _replace_files(src: Path, dst: Path) -> None:
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(f, dst / f.name)
-    _fsync_dir(dst)
+    fsync_dir(dst)
 
 
 def _remove_temp_dirs(ckpt_root: Path) -> None:
@@ -286,14 +287,6 @@ def _remove_temp_dirs(ckpt_root: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
         for p in ckpt_root.glob(f".{LAST}.*.tmp"):  # atomic_write's temp file for `last`
             p.unlink(missing_ok=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 _VERSIONED = ("torch", "numpy", "mujoco", "gymnasium", "stable-baselines3", "swan-policy")
