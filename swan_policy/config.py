@@ -466,19 +466,39 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     return data
 
 
+def _union_tag(loc: Sequence[int | str]) -> int | None:
+    """Index of the union member's type name in an error location
+    (``("dagger", "budget", "list[float]", 1)`` -> 2), or None."""
+    for i, part in enumerate(loc):
+        if isinstance(part, str) and (part in _TYPE_TAGS or "[" in part):
+            return i
+    return None
+
+
+_TYPE_TAGS = {"float", "int", "str", "bool", "none", "list", "dict", "tuple"}
+
+
 def format_validation_error(err: ValidationError) -> str:
     """One line: ``field.path: message (got value)``, plus how many more errors."""
     errors = err.errors()
     first = errors[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "<root>"
+    tag = _union_tag(first["loc"])
+    if tag is not None:  # one error per union member: the one that got furthest says most
+        prefix = first["loc"][:tag]
+        branches = [e for e in errors if e["loc"][:tag] == prefix and _union_tag(e["loc"]) == tag]
+        first = max(branches, key=lambda e: len(e["loc"]))
+        errors = [first, *(e for e in errors if e["loc"][:tag] != prefix)]
+    loc = ".".join(str(p) for i, p in enumerate(first["loc"]) if i != tag) or "<root>"
     msg = f"{loc}: {first['msg']}"
     if first["type"] != "missing" and "input" in first and not isinstance(first["input"], dict):
         msg += f" (got {first['input']!r})"
         if first["type"] == "string_type" and isinstance(first["input"], (bool, int, float)):
             # `name: no` / `--set name=2024`: YAML made a bool or number of the text
             msg += "; YAML reads yes/no/on/off as booleans and digits as numbers: quote the text"
-    if len(errors) > 1:
-        msg += f" (and {len(errors) - 1} more)"
+    # a union's members count once
+    rest = {tuple(e["loc"][: _union_tag(e["loc"])]) for e in errors[1:]}
+    if rest:
+        msg += f" (and {len(rest)} more)"
     return msg
 
 

@@ -294,3 +294,24 @@ def test_atomic_write_syncs_the_file_then_its_directory(
     serialization.atomic_write(tmp_path / "a.json", lambda p: p.write_text("{}"))
     assert synced == [False, True]
     assert (tmp_path / "a.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize(
+    ("budget", "message"),
+    [
+        ("abc", "dagger.budget: Input should be a valid number"),
+        ([1, "x"], "dagger.budget.1: Input should be a valid number"),
+    ],
+)
+def test_union_field_errors_name_the_field_not_the_member_type(
+    budget: object, message: str
+) -> None:
+    """``dagger.budget`` is a number or a list of numbers: the error names the field (not
+    ``dagger.budget.float``), picks the member that got furthest, and counts it once."""
+    from swan_policy.config import ConfigError, validate_config
+
+    with pytest.raises(ConfigError) as info:
+        validate_config({"dagger": {"budget": budget}})
+    text = str(info.value)
+    assert text.startswith(message), text
+    assert "more)" not in text and "float" not in text.split(":")[0]
