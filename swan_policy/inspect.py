@@ -143,7 +143,8 @@ def trace_episode(
     """Play one episode with :meth:`SwanPolicy.act` and record every step's gates.
 
     Args:
-        policy: the policy (put in eval mode; it acts deterministically).
+        policy: the policy (in eval mode for the episode, its mode restored after;
+            it acts deterministically).
         env: from :func:`make_inspect_env` (``render=True`` if ``frames``).
         seed: the reset seed.
         scheduler: picks each step's budget from a :class:`StepInfo` (observation,
@@ -160,7 +161,22 @@ def trace_episode(
     if not policy.gates():
         raise ValueError("the policy has no gated layer (every gate was folded away)")
     check_spaces(policy, env)
+    was_training = policy.training
     policy.eval()
+    try:
+        return _trace(policy, env, seed, scheduler, frames, on_step)
+    finally:
+        policy.train(was_training)
+
+
+def _trace(
+    policy: SwanPolicy,
+    env: gym.Env[Any, Any],
+    seed: int,
+    scheduler: Scheduler,
+    frames: bool,
+    on_step: Callable[[int], None] | None,
+) -> Trace:
     scheduler.reset()
     obs, info = env.reset(seed=seed)
     gates: dict[str, list[np.ndarray]] = {}

@@ -153,6 +153,21 @@ def test_trace_follows_the_scheduler(tiny_run: Path) -> None:
     assert trace.phases == ["reach"] * trace.length
 
 
+def test_trace_restores_the_policy_mode(tiny_run: Path) -> None:
+    """A policy in training mode is back in training mode after a traced episode."""
+    cfg = load_config(tiny_run / "config.yaml")
+    policy = load_run_policy(tiny_run).train()
+    env = make_inspect_env(cfg.env)
+    try:
+        trace_episode(policy, env, 3, make_scheduler("fixed:1.0"))
+        assert policy.training
+        policy.eval()
+        trace_episode(policy, env, 3, make_scheduler("fixed:1.0"))
+        assert not policy.training
+    finally:
+        env.close()
+
+
 @pytest.mark.parametrize("budget", [1.0, 0.5])
 def test_batch1_fast_path_exposes_the_masked_gates(budget: float) -> None:
     """What inspect records from ``act`` (numpy fast path) is the masked forward's gates."""

@@ -8,6 +8,7 @@ Python objects or strings are refused.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,6 +144,48 @@ def read_demo_file(path: Path) -> tuple[DemoFileInfo, list[dict[str, Any]]]:
         raise DemoFileError(f"{path}: corrupted HDF5 content: {err}") from None
 
 
+def memory_bytes() -> int | None:
+    """This machine's physical memory in bytes (None where the OS does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def _check_declared_size(path: Path, data: h5py.Group, names: list[str]) -> None:
+    """Refuse, before reading, datasets whose declared shapes exceed this machine's memory.
+
+    A few-KB file can declare a dataset of terabytes (chunked storage, never written);
+    reading it would fail with an allocation error or be killed for memory.
+    """
+    limit = memory_bytes()
+    if limit is None:
+        return
+    sizes: list[tuple[int, str, h5py.Dataset]] = []
+    for name in names:
+        demo = data[name]
+        if not isinstance(demo, h5py.Group):
+            continue
+
+        def visit(sub: str, item: object, where: str = f"data/{name}") -> None:
+            if isinstance(item, h5py.Dataset):
+                sizes.append((int(item.size) * item.dtype.itemsize, f"{where}/{sub}", item))
+
+        demo.visititems(visit)
+    total = sum(n for n, _, _ in sizes)
+    if total > limit:
+        n, where, item = max(sizes, key=lambda s: s[0])
+        raise _fail(
+            path,
+            f"its datasets declare {_gib(total)} in memory, more than this machine has "
+            f"({_gib(limit)}); the largest is {where}, {item.dtype} {item.shape} ({_gib(n)})",
+        )
+
+
 def _scan(path: Path, handle: h5py.File) -> tuple[DemoFileInfo, list[dict[str, Any]]]:
     data = handle.get("data")
     if not isinstance(data, h5py.Group):
@@ -179,6 +222,7 @@ def _scan(path: Path, handle: h5py.File) -> tuple[DemoFileInfo, list[dict[str, A
         names.append((int(match.group(1)), name))
     if not names:
         raise _fail(path, "data holds no demo_<i> groups")
+    _check_declared_size(path, data, [name for _, name in names])
     demos: list[dict[str, Any]] = []
     for _, name in sorted(names):
         demo = data[name]

@@ -136,9 +136,18 @@ def _restore_replay(buffer: ReplayBuffer, path: Path, pos: int, full: bool) -> N
 
 
 def save_rl_checkpoint(
-    run_dir: Path, model: BaseAlgorithm, step: int, best: float | None, save_replay: bool
+    run_dir: Path,
+    model: BaseAlgorithm,
+    step: int,
+    best: float | None,
+    save_replay: bool,
+    vecnorm: dict[str, Any] | None = None,
 ) -> Path:
-    """Atomically write ``checkpoints/step_<step>`` (see the module docstring)."""
+    """Atomically write ``checkpoints/step_<step>`` (see the module docstring).
+
+    ``vecnorm``: VecNormalize statistics to save instead of the live ones (Ctrl-C: those
+    taken when the last complete rollout ended, not counting the dropped partial one).
+    """
     policy = extract_swan_policy(model)
     if not all(torch.isfinite(p).all() for p in model.policy.parameters()):
         raise TrainingError(f"non-finite parameters at step {step}")
@@ -167,13 +176,15 @@ def save_rl_checkpoint(
             if replay and isinstance(buffer, ReplayBuffer)
             else None
         ),
+        # SAC's warm-up actions (before learning_starts) come from this sampler
+        "action_space_rng": model.action_space.np_random.bit_generator.state,
     }
     vn = model.get_vec_normalize_env()
 
     def write_extra(tmp: Path) -> None:
         save_tensors(tmp / SB3_STATE, tensors)
         if vn is not None:
-            save_json(tmp / VECNORM, vecnormalize_state(vn))
+            save_json(tmp / VECNORM, vecnorm if vecnorm is not None else vecnormalize_state(vn))
         if replay and isinstance(buffer, ReplayBuffer):
             arrays = _replay_arrays(buffer)
             save_tensors(tmp / REPLAY, {k: torch.from_numpy(v.copy()) for k, v in arrays.items()})
@@ -214,6 +225,8 @@ def restore_rl_checkpoint(model: BaseAlgorithm, ckpt: Path) -> TrainerState:
             assert model.log_ent_coef is not None
             with torch.no_grad():
                 model.log_ent_coef.copy_(tensors["log_ent_coef"])
+        if (sampler := extras.get("action_space_rng")) is not None:  # older checkpoints: none
+            model.action_space.np_random.bit_generator.state = sampler
         model.num_timesteps = int(extras["num_timesteps"])
         model._n_updates = int(extras["n_updates"])
         model._episode_num = int(extras["episode_num"])

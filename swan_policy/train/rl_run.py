@@ -23,7 +23,8 @@ run resumed at step k is not bit-identical to one that ran straight through.
 
 Checkpoints are taken when a rollout starts (the policy then reflects every update on the
 steps counted so far). Ctrl-C stops at the next env step; the partial rollout is dropped
-and the checkpoint holds the last complete one (exit 130, resumable).
+and the checkpoint holds the last complete one, with the VecNormalize statistics of that
+moment (exit 130, resumable).
 """
 
 from __future__ import annotations
@@ -71,7 +72,11 @@ from swan_policy.train.rl import (
     SwanSACPolicy,
     extract_swan_policy,
 )
-from swan_policy.train.rl_checkpoint import restore_rl_checkpoint, save_rl_checkpoint
+from swan_policy.train.rl_checkpoint import (
+    restore_rl_checkpoint,
+    save_rl_checkpoint,
+    vecnormalize_state,
+)
 from swan_policy.train.runtime import (
     TrainingError,
     TrainingInterrupted,
@@ -226,10 +231,15 @@ class _RunCallback(BaseCallback):
         self.progress = progress
         self.task = task
         self.consistent_step = run.start_step
+        self.consistent_vecnorm: dict[str, Any] | None = None
 
     def _on_rollout_start(self) -> None:
         step = self.num_timesteps
         self.consistent_step = step
+        vn = self.model.get_vec_normalize_env()
+        # VecNormalize updates its statistics on every env step: keep the ones at the
+        # boundary for a Ctrl-C checkpoint, which drops the partial rollout
+        self.consistent_vecnorm = vecnormalize_state(vn) if vn is not None else None
         self.run.maybe_checkpoint_and_eval(self.model, step)
 
     def _on_step(self) -> bool:
@@ -252,9 +262,11 @@ class RLRun:
         self.logger: Logger | None = None
         self.formats: list[KVWriter] = []
 
-    def checkpoint(self, model: BaseAlgorithm, step: int) -> Path:
+    def checkpoint(
+        self, model: BaseAlgorithm, step: int, vecnorm: dict[str, Any] | None = None
+    ) -> Path:
         self.last_ckpt = save_rl_checkpoint(
-            self.run_dir, model, step, self.best, self.cfg.rl.save_replay_buffer
+            self.run_dir, model, step, self.best, self.cfg.rl.save_replay_buffer, vecnorm
         )
         self.last_ckpt_step = step
         return self.last_ckpt
@@ -372,7 +384,7 @@ def train_rl(cfg: ExperimentConfig, run_dir: Path, resume: bool = False, show: b
                         raise
                     raise nan from e
             if flag["stop"]:
-                last = run.checkpoint(model, callback.consistent_step)
+                last = run.checkpoint(model, callback.consistent_step, callback.consistent_vecnorm)
                 console.print(f"interrupted: checkpoint {last}; resume with --resume")
                 raise TrainingInterrupted()
         steps = model.num_timesteps - run.start_step

@@ -360,6 +360,26 @@ def test_truncated_and_garbage_files_give_a_clear_error(tmp_path: Path) -> None:
         load_demos(tmp_path / "missing.hdf5")
 
 
+def test_a_dataset_declaring_more_than_memory_is_refused_before_reading(tmp_path: Path) -> None:
+    """A few-KB file can declare terabytes (chunked, never written): refused by its shape,
+    before an allocation fails or the process is killed for memory."""
+    path = _write_file(tmp_path / "huge.hdf5")
+    with h5py.File(path, "a") as f:
+        del f["data/demo_1/obs/pixels"]
+        f.create_dataset(
+            "data/demo_1/obs/pixels",
+            shape=(10**9, 64, 64, 3),
+            dtype=np.uint8,
+            chunks=(1, 64, 64, 3),
+        )
+    assert path.stat().st_size < 10**6
+    message = r"huge\.hdf5: its datasets declare .* GiB in memory, more than this machine has"
+    for read in (validate_demo_file, load_demos):
+        with pytest.raises(DemoFileError, match=message) as err:
+            read(path)
+        assert "largest is data/demo_1/obs/pixels, uint8 (1000000000, 64, 64, 3)" in str(err.value)
+
+
 def test_demos_module_and_one_worker_collection_stay_torch_free(tmp_path: Path) -> None:
     code = (
         "import sys; from pathlib import Path; "

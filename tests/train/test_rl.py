@@ -328,6 +328,25 @@ def test_only_the_newest_sac_checkpoint_keeps_the_replay_buffer(
     env.close()
 
 
+def test_resume_continues_the_warm_up_action_sampler(tmp_path: Path) -> None:
+    """SAC's random actions before learning_starts continue the saved stream on resume,
+    not the seeded stream again."""
+    from swan_policy.train.rl_checkpoint import save_rl_checkpoint
+
+    def sac() -> SAC:
+        return SAC(SwanSACPolicy, pendulum_vec(), policy_kwargs=state_kw(), seed=0, **SAC_TINY)
+
+    model = sac()
+    first = [model.action_space.sample() for _ in range(3)]
+    ckpt = save_rl_checkpoint(tmp_path, model, 3, None, save_replay=False)
+    expected = [model.action_space.sample() for _ in range(3)]
+    fresh = sac()
+    np.testing.assert_array_equal(fresh.action_space.sample(), first[0])  # seeded anew
+    fresh = sac()
+    restore_rl_checkpoint(fresh, ckpt)
+    np.testing.assert_array_equal([fresh.action_space.sample() for _ in range(3)], expected)
+
+
 def test_replay_round_trip_keeps_the_last_next_observation_with_optimize_memory_usage(
     tmp_path: Path,
 ) -> None:
@@ -490,7 +509,9 @@ def test_nan_weights_stop_with_the_one_line_error_and_keep_the_checkpoint(
 def test_ctrl_c_checkpoints_exits_130_and_resumes(tmp_path: Path) -> None:
     run = tmp_path / "run"
     config = str(REPO / "configs" / "inverted_pendulum_ppo.yaml")
-    long = tiny_args(tmp_path, "rl.total_timesteps=10000000", "eval.at_end=false")
+    long = tiny_args(
+        tmp_path, "rl.total_timesteps=10000000", "eval.at_end=false", "rl.normalize=true"
+    )
     cmd = [sys.executable, "-m", "swan_policy.cli", "train", "--config", config]
     proc = subprocess.Popen(
         [*cmd, "--run-dir", str(run), "--quiet", *long],
@@ -509,6 +530,9 @@ def test_ctrl_c_checkpoints_exits_130_and_resumes(tmp_path: Path) -> None:
     assert ckpt is not None
     step = int(ckpt.name.split("_")[1])
     assert step >= 128 and step % 128 == 0  # a rollout boundary: no partial rollout kept
+    # nor its observations in the normaliser: 2 reset observations + one per env step
+    counts = load_json(ckpt / "vecnormalize.json")["obs_rms"][PROPRIO]["count"]
+    assert counts == pytest.approx(2 + step + 1e-4, abs=1e-6)
     resume = ["train", "--config", config, "--run-dir", str(run), "--quiet", "--resume"]
     more = tiny_args(tmp_path, f"rl.total_timesteps={step + 128}", "eval.at_end=false")
     assert main([*resume, *more]) == 0
