@@ -52,9 +52,10 @@ class EnvErrorToInfo(gym.Wrapper[Any, Any, Any, Any]):
     it crosses SB3's worker pipe and :func:`run_episodes` raises :class:`EnvWorkerError`
     (the worker used to die with a traceback and the parent to hang on its pipe)."""
 
+    creation_error: str | None = None  # see _Unbuildable
+
     def _failed(self, e: Exception) -> tuple[Any, dict[str, Any]]:
-        message = f"{type(e).__name__}: {e}".strip().replace("\n", " ")
-        return self.observation_space.sample(), {ENV_ERROR: message}
+        return self.observation_space.sample(), {ENV_ERROR: _one_line(e)}
 
     def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
         try:
@@ -96,13 +97,42 @@ class ExpertLabels(gym.Wrapper[Any, Any, Any, Any]):
         return obs, float(reward), terminated, truncated, info
 
 
+def _one_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}".strip().replace("\n", " ")
+
+
+class _Unbuildable(gym.Env[Any, Any]):
+    """Stands in for an env that a worker process could not create (a bad kwarg, no GL
+    context in the worker): :func:`make_vec_env` reads ``creation_error`` back and raises
+    one :class:`EnvWorkerError` with it, where the worker used to die printing its
+    traceback and the parent reported only that it died."""
+
+    observation_space = gym.spaces.Box(0.0, 1.0, (1,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def __init__(self, error: str) -> None:
+        self.creation_error = error
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        raise RuntimeError(self.creation_error)
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        raise RuntimeError(self.creation_error)
+
+
 def _env_factory(cfg: EnvConfig, labels: bool) -> Callable[[], gym.Env[Any, Any]]:
     def make() -> gym.Env[Any, Any]:
-        if multiprocessing.parent_process() is not None:
+        worker = multiprocessing.parent_process() is not None
+        if worker:
             # a worker: Ctrl-C is the trainer's to handle (it checkpoints, then closes us)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-        env = make_env(cfg)
-        return EnvErrorToInfo(ExpertLabels(env) if labels else env)
+        try:
+            env = make_env(cfg)
+            return EnvErrorToInfo(ExpertLabels(env) if labels else env)
+        except Exception as e:
+            if not worker:
+                raise
+            return _Unbuildable(_one_line(e))  # reported by make_vec_env
 
     return make
 
@@ -143,9 +173,14 @@ def make_vec_env(cfg: EnvConfig, n: int, labels: bool = False) -> Any:
     if n == 1:
         return DummyVecEnv(fns)
     try:
-        return _SubprocVecEnv(fns, start_method="forkserver")
+        vec = _SubprocVecEnv(fns, start_method="forkserver")
     except _PIPE_ERRORS:
         raise EnvWorkerError(f"an env worker process for {cfg.id} died while starting") from None
+    errors = [e for e in _vec_call(vec, "get_attr", "creation_error") if e]
+    if errors:
+        vec.close()
+        raise EnvWorkerError(f"an env worker could not create {cfg.id}: {errors[0]}")
+    return vec
 
 
 def _vec_call(vec: Any, method: str, *args: Any) -> Any:

@@ -129,6 +129,40 @@ def test_a_killed_worker_is_one_evaluator_error_not_a_pipe_error(no_hang: None) 
         evaluate.evaluate_policy(_state_policy(), env, 4, [1.0], workers=2)
 
 
+def test_an_env_a_worker_cannot_create_is_one_error_naming_the_cause(tmp_path: Path) -> None:
+    """A worker whose env fails to build (a bad kwarg; no GL context in the worker) used
+    to die printing its traceback, and the parent said only that it died while starting.
+    Run in a fresh interpreter: the workers' stderr is the process's own."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "make_two.py"
+    script.write_text(
+        "from swan_policy.config import EnvConfig\n"
+        "from swan_policy.evaluate import EnvWorkerError, make_vec_env\n"
+        "if __name__ == '__main__':\n"
+        "    cfg = EnvConfig(id='swan_envs/Reach-v0', kwargs={'bogus': 1})\n"
+        "    try:\n"
+        "        make_vec_env(cfg, 2)\n"
+        "    except EnvWorkerError as e:\n"
+        "        print(e)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "MUJOCO_GL": "egl", "OMP_NUM_THREADS": "1"},
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(
+        "an env worker could not create swan_envs/Reach-v0: TypeError: "
+    ), proc.stdout
+    assert "'bogus'" in proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr
+
+
 def test_evaluate_policy_refuses_bad_episodes_and_budgets_before_any_env(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
