@@ -37,7 +37,14 @@ from typing import Any
 
 import numpy as np
 
-from swan_policy.budget._checks import _check_fraction, _check_positive, _is_number
+from swan_policy.budget._checks import (
+    _check_count,
+    _check_finite,
+    _check_fraction,
+    _check_positive,
+    _is_finite,
+    _whole,
+)
 from swan_policy.budget.base import DEFAULT_LEVELS, Scheduler, StepInfo, check_levels, snap
 
 KINDS = ("fixed", "deadline", "adaptive", "schedule")
@@ -116,12 +123,12 @@ class Deadline(Scheduler):
     ) -> None:
         super().__init__(levels)
         _check_positive("deadline_ms", deadline_ms)
-        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-            raise ValueError(f"window: must be an integer >= 1, got {window!r}")
+        window = _check_count("window", window)
+        _check_finite("hysteresis", hysteresis)
         if not 0.0 <= hysteresis < 1.0:
             raise ValueError(f"hysteresis: must be in [0, 1), got {hysteresis!r}")
-        if isinstance(up_after, bool) or not isinstance(up_after, int) or up_after < 1:
-            raise ValueError(f"up_after: must be an integer >= 1, got {up_after!r}")
+        up_after = _check_count("up_after", up_after)
+        _check_finite("safety_ms", safety_ms)
         if not safety_ms >= 0.0:
             raise ValueError(f"safety_ms: must be >= 0, got {safety_ms!r}")
         self.deadline_ms = float(deadline_ms)
@@ -145,20 +152,31 @@ class Deadline(Scheduler):
         self._current = None
         self._up_count = 0
 
-    def observe_latency(self, level: float, ms: float) -> None:
+    def budget(self, step: StepInfo) -> float:
+        # checked before the step's latency is recorded: a refused step changes nothing
+        if not _is_finite(step.elapsed_ms) or step.elapsed_ms < 0:
+            raise ValueError(f"elapsed_ms: must be finite and >= 0, got {step.elapsed_ms!r}")
+        return super().budget(step)
+
+    def _check_level(self, level: float) -> None:
         if level not in self._latency:
             raise ValueError(f"level: {level!r} is not one of {list(self.levels)}")
-        if not math.isfinite(ms) or ms < 0:
+
+    def observe_latency(self, level: float, ms: float) -> None:
+        self._check_level(level)
+        if not _is_finite(ms) or ms < 0:
             raise ValueError(f"latency_ms: must be finite and >= 0, got {ms!r}")
         self._latency[level].append(float(ms))
         self._idle[level] = 0
 
     def retry_after(self, level: float) -> int:
         """Steps a level excluded for its p99 waits before it is probed again."""
+        self._check_level(level)
         return self._backoff[level]
 
     def p99(self, level: float) -> float | None:
         """99th percentile of the level's latency window (None: not measured yet)."""
+        self._check_level(level)
         window = self._latency[level]
         if not window:
             return None
@@ -273,6 +291,14 @@ class Adaptive(Scheduler):
             )
         if signal not in SIGNALS:
             raise ValueError(f"signal: expected one of {', '.join(SIGNALS)}, got {signal!r}")
+        for name, value in (
+            ("low", low),
+            ("high", high),
+            ("ema", ema),
+            ("capacity", capacity),
+            ("initial", initial),
+        ):
+            _check_finite(name, value)
         if not 0.0 <= low < 1.0:
             raise ValueError(f"low: must be in [0, 1), got {low!r}")
         if not high > 1.0:
@@ -308,7 +334,8 @@ class Adaptive(Scheduler):
                 raw = 1.0 / (max(float(step.margin), 0.0) + 1e-6)
         elif self.signal == "action":
             if step.action is not None:
-                action = np.asarray(step.action, dtype=np.float64).ravel()
+                # a copy: the caller may refill its action buffer in place
+                action = np.array(step.action, dtype=np.float64).ravel()
                 if self._prev_action is not None:
                     raw = float(np.linalg.norm(action - self._prev_action))
                 self._prev_action = action
@@ -379,8 +406,7 @@ class Schedule(Scheduler):
                 isinstance(row, str | bytes)
                 or not isinstance(row, Sequence)
                 or len(row) != 2
-                or not _is_number(row[0])
-                or not float(row[0]).is_integer()
+                or _whole(row[0]) is None
                 or row[0] < 0
             ):
                 raise ValueError(f"steps[{i}]: expected [first_step >= 0, budget], got {row!r}")
@@ -469,9 +495,9 @@ def make_scheduler(
     else:
         raise ValueError(f"scheduler: expected a dict or a string, got {type(spec).__name__}")
     kind = data.pop("kind", None)
-    if kind not in _CLASSES:
+    if not isinstance(kind, str) or kind not in _CLASSES:  # a YAML list/dict is unhashable
         raise ValueError(f"scheduler.kind: expected one of {', '.join(KINDS)}, got {kind!r}")
-    unknown = sorted(set(data) - set(_FIELDS[kind]))
+    unknown = sorted(set(data) - set(_FIELDS[kind]), key=str)  # YAML keys may be ints
     if unknown:
         raise ValueError(
             f"scheduler.{unknown[0]}: unknown field for {kind!r} "
@@ -484,15 +510,16 @@ def make_scheduler(
         raise ValueError(f"scheduler.{missing[0]}: required for {kind!r}")
     for name, value in data.items():
         if name in _INT_FIELDS:
-            if not _is_number(value) or not float(value).is_integer():
+            whole = _whole(value)
+            if whole is None:
                 raise ValueError(f"scheduler.{name}: expected an integer, got {value!r}")
-            data[name] = int(value)
+            data[name] = whole
         elif name in ("signal",):
             if not isinstance(value, str):
                 raise ValueError(f"scheduler.{name}: expected a string, got {value!r}")
         elif name in ("levels", "steps", "phases"):
             pass  # the constructor checks their structure
-        elif not _is_number(value) or not math.isfinite(value):
+        elif not _is_finite(value):
             raise ValueError(f"scheduler.{name}: expected a finite number, got {value!r}")
     try:
         return _CLASSES[kind](**data)
@@ -502,10 +529,11 @@ def make_scheduler(
 
 
 def _as_unit_float(x: np.ndarray) -> np.ndarray:
+    """A float32 copy (never a view: the caller may refill its buffers in place)."""
     a = np.asarray(x)
     if a.dtype == np.uint8:
         return a.astype(np.float32) / 255.0
-    return a.astype(np.float32, copy=False)
+    return a.astype(np.float32)  # copies by default, float32 input included
 
 
 __all__ = [
