@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from swan_policy.budget.schedulers import (
     DEFAULT_LEVELS,
@@ -197,3 +199,36 @@ def test_odd_scheduler_mappings_through_the_cli_are_one_line(
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(message), captured.err
     assert "Traceback" not in captured.err + captured.out
+
+
+# ------------------------------------------------- 5: the deadline scheduler's p99, cached
+@given(
+    window=st.integers(1, 12),
+    latencies=st.lists(st.floats(0.0, 50.0, allow_nan=False), min_size=0, max_size=40),
+)
+@settings(max_examples=200, deadline=None, derandomize=True)
+def test_deadline_p99_is_numpys_higher_percentile_of_the_window(
+    window: int, latencies: list[float]
+) -> None:
+    """The p99 is cached per level and computed by a sort; it stays numpy's
+    ``percentile(window, 99, method="higher")`` after every observation."""
+    s = Deadline(5.0, window=window, levels=(1.0, 0.5))
+    assert s.p99(1.0) is None
+    for i, ms in enumerate(latencies):
+        s.observe_latency(1.0, ms)
+        kept = latencies[max(0, i + 1 - window) : i + 1]
+        assert s.p99(1.0) == float(np.percentile(kept, 99, method="higher"))
+        assert s.p99(0.5) is None  # the other level's cache is its own
+
+
+def test_deadline_forgets_a_cached_p99_with_the_window() -> None:
+    """A level excluded for its p99 is re-probed after its back-off with an empty window:
+    the cached p99 goes with it (it counts as unmeasured and may be stepped up to)."""
+    s = Deadline(2.0, window=3, up_after=1, hysteresis=0.0, levels=(1.0, 0.5))
+    for _ in range(3):
+        s.observe_latency(1.0, 10.0)  # far over the deadline
+        s.observe_latency(0.5, 0.5)
+    assert s.p99(1.0) == 10.0
+    budgets = [s.budget(StepInfo(step=t)) for t in range(6)]
+    assert budgets[0] == 0.5
+    assert s.p99(1.0) is None and 1.0 in budgets  # forgotten, then probed again
