@@ -173,8 +173,9 @@ def export(
         float,
         typer.Option(
             min=0.0,
-            help="Fine-tune each level by BC on the run's demos for this fraction of the "
-            "run's training steps before exporting it (0: ship the levels as cut).",
+            help="Fine-tune each level by BC (on what --finetune-data names) for this "
+            "fraction of the run's training steps before exporting it (0: ship the levels "
+            "as cut). Imitation runs only.",
         ),
     ] = 0.0,
     finetune_lr_scale: Annotated[
@@ -264,7 +265,7 @@ def export(
             row.append(f"{'kept' if v['kept'] else 'dropped'} ({v['success_rate']:.0%})")
         table.add_row(*row)
     console.print(table)
-    if not tuned and any(r.budget < 1 for r in report.levels):
+    if not tuned and cfg.method not in ("ppo", "sac") and any(r.budget < 1 for r in report.levels):
         console.print(
             "note: levels below 1 are static cuts (the same units for every input), not "
             "fine-tuned; with a 1024-unit head level 0.25 fell to 6% where the gated policy "

@@ -21,8 +21,8 @@ TINY = [
 ]
 
 
-def _tiny_run(tmp_path):
-    cfg = load_config("configs/reach_bc.yaml", TINY)
+def _tiny_run(tmp_path, *extra):
+    cfg = load_config("configs/reach_bc.yaml", [*TINY, *extra])
     env = make_env(cfg.env)
     try:
         pc = resolve_policy_config(cfg.policy, env)
@@ -54,6 +54,14 @@ def test_swan_export_writes_a_verified_bundle(tmp_path, capsys) -> None:
     assert data["calibration_steps"] > 0 and set(data["closed_loop"]) == {"1", "0.5"}
     runtime = PolicyRuntime.load(out)
     assert runtime.levels == (1.0, 0.5)
+
+
+def test_export_of_an_rl_run_does_not_suggest_finetune(tmp_path, capsys) -> None:
+    """--finetune is refused for RL runs (no demos): the static-cut note must not offer it."""
+    run = _tiny_run(tmp_path, "method=ppo")
+    args = ["export", "--run", str(run), "--out", str(tmp_path / "b"), "--levels", "1,0.5"]
+    assert main([*args, "--calib-episodes", "1", "--workers", "1"]) == 0
+    assert "--finetune" not in capsys.readouterr().out
 
 
 def test_swan_export_user_errors(tmp_path, capsys) -> None:
