@@ -374,15 +374,17 @@ def test_budget_fit_reports_every_set_and_budget(reference_run: Path, tmp_path: 
 
 def test_bench_scheduler_times_every_arm_and_checks_the_cached_p99(tmp_path: Path) -> None:
     out = tmp_path / "sched.json"
-    args = ("--blocks", "1", "--steps", "200", "--window", "20", "--out", str(out))
+    args = ("--blocks", "1", "--steps", "200", "--window", "20", "--pixels", "--out", str(out))
     proc = _script("bench_scheduler.py", *args)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     assert set(result["median_us_per_call"]) == {
         "fixed 0.5",
         "adaptive 0.4 (obs)",
+        "adaptive 0.4 (obs), numpy mean",
         "deadline",
         "deadline, uncached np.percentile",
     }
     assert result["same_budgets_cached_uncached"] is True
+    assert result["same_budgets_adaptive"] is True
     assert all(us > 0 for us in result["median_us_per_call"].values())
