@@ -351,9 +351,18 @@ class Adaptive(Scheduler):
         elif step.obs is not None:  # "obs"
             obs = {k: _as_unit_float(v) for k, v in step.obs.items()}
             if self._prev_obs is not None and obs:
+                prev = self._prev_obs
+                if obs.keys() != prev.keys() or any(
+                    v.shape != prev[k].shape for k, v in obs.items()
+                ):
+                    was = {k: v.shape for k, v in prev.items()}
+                    now = {k: v.shape for k, v in obs.items()}
+                    raise ValueError(
+                        f"obs: the observation changed within the episode (keys and shapes "
+                        f"{was} -> {now}); call reset() when a new episode starts"
+                    )
                 # sum / size, not .mean(): numpy's mean costs ~15 us per call on these
                 # small arrays, a scheduler's whole budget on a fast controller
-                prev = self._prev_obs
                 raw = sum(float(np.abs(v - prev[k]).sum()) / v.size for k, v in obs.items())
                 raw /= len(obs)
             self._prev_obs = obs

@@ -232,3 +232,19 @@ def test_deadline_forgets_a_cached_p99_with_the_window() -> None:
     budgets = [s.budget(StepInfo(step=t)) for t in range(6)]
     assert budgets[0] == 0.5
     assert s.p99(1.0) is None and 1.0 in budgets  # forgotten, then probed again
+
+
+def test_adaptive_obs_signal_names_an_observation_that_changed_within_the_episode() -> None:
+    """A new key or shape mid-episode used to fail with a raw KeyError or numpy's
+    broadcast error; reset() starts a new episode, where any layout is fine."""
+    s = Adaptive(0.5, signal="obs")
+    s.budget(StepInfo(step=0, obs={"proprio": np.zeros(3, np.float32)}))
+    for changed in (
+        {"proprio": np.zeros(4, np.float32)},
+        {"state": np.zeros(3, np.float32)},
+        {"proprio": np.zeros(3, np.float32), "pixels": np.zeros((2, 2, 3), np.uint8)},
+    ):
+        with pytest.raises(ValueError, match=r"obs: the observation changed within the episode"):
+            s.budget(StepInfo(step=1, obs=changed))
+    s.reset()
+    assert s.budget(StepInfo(step=0, obs={"proprio": np.zeros(4, np.float32)})) in s.levels
