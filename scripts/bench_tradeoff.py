@@ -51,7 +51,14 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from tradeoff_report import combined, make_result, merge_earlier, task_slug, write_result
+from tradeoff_report import (
+    check_merge,
+    combined,
+    make_result,
+    merge_earlier,
+    task_slug,
+    write_result,
+)
 
 from swan_envs import VARIATIONS
 from swan_policy.baselines import (
@@ -153,6 +160,26 @@ def trained(
     return SwanPolicy.from_pretrained(last), json.loads(done.read_text())
 
 
+def reused_samples(run: Path, cfg: ExperimentConfig) -> int:
+    """Samples a reused SWAN run trained on (its ``config.yaml``: steps x batch).
+
+    The baselines train on ``cfg``'s samples; a run trained on other ones is refused (a
+    run without ``config.yaml`` is taken to be ``cfg``'s).
+    """
+    samples = total_steps(cfg) * cfg.bc.batch_size
+    saved = run / "config.yaml"
+    if not saved.is_file():
+        return samples
+    own = load_config(saved)
+    got = total_steps(own) * own.bc.batch_size
+    if got != samples:
+        raise SystemExit(
+            f"error: --reuse-swan: {run} trained on {got:,} samples, the baselines would on "
+            f"{samples:,}; pass the run's settings with --set"
+        )
+    return got
+
+
 def evaluate(
     policy: SwanPolicy,
     cfg: ExperimentConfig,
@@ -214,7 +241,7 @@ def run_seed(seed: int, args: argparse.Namespace, console: Console) -> list[dict
                 raise SystemExit(f"error: --reuse-swan: {swan_run} has no checkpoint")
             swan = SwanPolicy.from_pretrained(last)
             swan_info: dict[str, Any] = {
-                "samples": total_steps(cfg) * cfg.bc.batch_size,
+                "samples": reused_samples(swan_run, cfg),
                 "reused": str(swan_run),
             }
         else:
@@ -279,7 +306,9 @@ def run_seed(seed: int, args: argparse.Namespace, console: Console) -> list[dict
     # --- dense from scratch at each level's widths -----------------------------------------
     if "scratch" in arms:
         for b in args.levels:
-            small = SwanPolicy(dense_config(resolved, ladder.units(b)))
+            with torch.random.fork_rng(devices=[]):  # the init is the seed's alone
+                torch.manual_seed(seed)
+                small = SwanPolicy(dense_config(resolved, ladder.units(b)))
             scfg = config_for(args, seed, *plain)
             policy, sinfo = trained(root / f"scratch_{b:g}", scfg, small, args, console)
             r = evaluate(policy, scfg, args)[0]
@@ -360,13 +389,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.combine:
         return write_result(combined(args.combine, command, console), args.docs, console)
     t0 = time.perf_counter()
-    per_seed = [run_seed(s, args, console) for s in args.seeds]
     slug = task_slug(args.task, args.variation)
     out_json = args.docs / f"tradeoff_{slug}.json"
+    merge = args.merge and out_json.exists()
+    settings = {"episodes": args.episodes, "eval_seed": args.eval_seed, "levels": args.levels}
+    if merge:  # before any training: the earlier rows must be comparable with the new ones
+        check_merge(out_json, args.seeds, settings)
+    per_seed = [run_seed(s, args, console) for s in args.seeds]
     commands = [command]
     minutes_before = 0.0  # "minutes": every command's wall time, summed
-    if args.merge and out_json.exists():  # keep the other arms' rows of the earlier run
-        per_seed, commands, minutes_before = merge_earlier(out_json, args.seeds, per_seed, command)
+    if merge:  # keep the other arms' rows of the earlier run
+        per_seed, commands, minutes_before = merge_earlier(
+            out_json, args.seeds, per_seed, command, settings
+        )
     result = make_result(
         {
             "task": args.task,

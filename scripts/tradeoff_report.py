@@ -199,16 +199,41 @@ def make_result(meta: dict[str, Any], per_seed: list[list[dict[str, Any]]]) -> d
     return {**meta, "rows": rows, "checks": checks(rows), "per_seed": per_seed}
 
 
+MERGE_KEYS = ("episodes", "eval_seed", "levels")  # what a kept row was evaluated with
+
+
+def check_merge(out_json: Path, seeds: Sequence[int], settings: dict[str, Any]) -> None:
+    """``--merge``: refuse (``SystemExit``) an earlier ``out_json`` whose rows the new ones
+    cannot sit beside: other seeds (its other seeds' rows would be dropped), or other
+    evaluation ``settings`` (episodes, evaluation seed, levels; a key the file lacks is
+    not checked, as in :func:`combined`)."""
+    old = json.loads(out_json.read_text())
+    if sorted(seeds) != sorted(old["seeds"]):
+        raise SystemExit(
+            f"error: --merge: {out_json} has seeds {old['seeds']}, this run {list(seeds)}; "
+            "merge the same seeds (--combine joins runs of other seeds)"
+        )
+    for key in MERGE_KEYS:
+        if key in old and key in settings and json.dumps(old[key]) != json.dumps(settings[key]):
+            raise SystemExit(
+                f"error: --merge: {out_json} was evaluated with {key}={old[key]!r}, "
+                f"this run with {settings[key]!r}"
+            )
+
+
 def merge_earlier(
-    out_json: Path, seeds: Sequence[int], per_seed: list[list[dict[str, Any]]], command: str
+    out_json: Path,
+    seeds: Sequence[int],
+    per_seed: list[list[dict[str, Any]]],
+    command: str,
+    settings: dict[str, Any] | None = None,
 ) -> tuple[list[list[dict[str, Any]]], list[str], float]:
     """``--merge``: these arms' new rows replace theirs in the earlier ``out_json``, whose
-    other rows stay. Returns the per-seed rows, every command so far, and their minutes."""
+    other rows stay (:func:`check_merge` first). Returns the per-seed rows, every command
+    so far, and their minutes."""
+    check_merge(out_json, seeds, settings or {})
     old = json.loads(out_json.read_text())
     old_rows = dict(zip(old["seeds"], old["per_seed"], strict=True))
-    missing = sorted(set(seeds) - set(old_rows))
-    if missing:
-        raise SystemExit(f"error: --merge: {out_json} has no seeds {missing}")
     arms = {r["arm"] for rows in per_seed for r in rows}
     merged = [
         [r for r in old_rows[s] if r["arm"] not in arms] + rows
